@@ -1,0 +1,243 @@
+"""The command line: parse, call the core, hand the result to `output`.
+
+Commands import the core inside their bodies: `linepicker env` runs in every
+new shell and must not pay for aiohttp, rich or YAML that it never uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import ConfigError, LinepickerError
+
+EXIT_NO_ELIGIBLE = 3
+
+
+def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every error the user can act on becomes one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LinepickerError as exc:
+            click.echo(f"linepicker: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("linepicker: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="lines.yaml to use (default: $LINEPICKER_CONFIG, ./lines.yaml, the user config dir, the bundled one).",
+    )(command)
+
+
+def _db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False),
+        help="SQLite database (default: $LINEPICKER_DB, else linepicker.db in the user data dir).",
+    )(command)
+
+
+def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
+
+
+def _load(config_path: str | None) -> Any:
+    """Load the config and say on stderr which file it was, as the lookup order can surprise."""
+    from . import output
+    from .config import load_config
+
+    config = load_config(config_path)
+    output.config_note(config)
+    return config
+
+
+def _open_store(db_path: str | None) -> Any:
+    from .store import Store, resolve_db_path
+
+    return Store(resolve_db_path(db_path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="linepicker")
+def cli() -> None:
+    """Find the fastest working line of an OpenAI-compatible relay and keep it chosen.
+
+    \b
+    Example:
+        linepicker pick                 # probe, choose, record
+        eval "$(linepicker env)"        # export the choice into this shell
+    """
+
+
+def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choose: bool) -> Any:
+    from . import output, picker
+
+    config = _load(config_path)
+    if config.key_env and not config.api_key():
+        output.warn(f"{config.key_env} is not set: probing without a key")
+    with _open_store(db_path) as store:
+        show_progress = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
+        total = len(config.active_lines) * config.probe.samples
+        with output.progress(total, show_progress) as on_sample:
+            result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose, on_sample))
+    if as_json:
+        output.print_json(output.round_json(result, config, with_samples=not choose))
+    else:
+        output.render_round(result, config)
+    return result
+
+
+@cli.command()
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def pick(config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Probe every line, choose the best, record it and update the configured targets.
+
+    Exit status: 0 a line is chosen, 2 usage or config error, 3 no line is eligible
+    (the previous choice stays in force).
+
+    \b
+    Example:
+        linepicker pick --config ~/relay/lines.yaml --json | jq .chosen
+    """
+    result = _run_round(config_path, db_path, as_json, choose=True)
+    if result.target_errors:
+        sys.exit(1)
+    if result.no_eligible:
+        sys.exit(EXIT_NO_ELIGIBLE)
+
+
+@cli.command()
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def probe(config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Run one round of probes and record it, without choosing.
+
+    \b
+    Example:
+        linepicker probe --json | jq '.lines[] | {name, outcomes}'
+    """
+    _run_round(config_path, db_path, as_json, choose=False)
+
+
+@cli.command()
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def status(config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Show each line's recent record and the current choice, without probing.
+
+    \b
+    Example:
+        linepicker status --json | jq '.lines[] | {name, success_rate, p50_ms}'
+    """
+    from . import output, picker
+
+    config = _load(config_path)
+    with _open_store(db_path) as store:
+        report = picker.status(config, store)
+    if as_json:
+        output.print_json(output.status_json(report, config))
+    else:
+        output.render_status(report)
+
+
+@cli.command()
+@click.option("--shell", type=click.Choice(["bash", "zsh", "fish", "powershell", "cmd"]), help="Syntax to print (default: from $SHELL).")
+@_db_option
+@_json_option
+@_fails_cleanly
+def env(shell: str | None, db_path: str | None, as_json: bool) -> None:
+    """Print exports of the current choice for the shell, without probing.
+
+    \b
+    Example (in ~/.bashrc or ~/.zshrc):
+        eval "$(linepicker env)"
+    fish (in ~/.config/fish/config.fish):
+        linepicker env --shell fish | source
+    """
+    import json
+
+    from .store import read_choice, resolve_db_path
+    from .targets import client_env, detect_shell, shell_exports
+
+    choice = read_choice(resolve_db_path(db_path))
+    if choice is None:
+        click.echo("linepicker: no line chosen yet: run 'linepicker pick'", err=True)
+        sys.exit(EXIT_NO_ELIGIBLE)
+    if as_json:
+        click.echo(json.dumps({"name": choice.name, "url": choice.url, "env": client_env(choice.url)}, indent=2))
+    else:
+        click.echo(shell_exports(choice.url, shell or detect_shell()), nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def pin(name: str, config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Choose NAME by hand and keep it until `unpin`, whatever the probes say.
+
+    \b
+    Example:
+        linepicker pin backup
+    """
+    from . import output, picker
+
+    config = _load(config_path)
+    if config.line(name) is None:
+        raise ConfigError(f"no line named {name!r} in {config.source} (lines: {', '.join(l.name for l in config.lines)})")
+    with _open_store(db_path) as store:
+        choice, results, errors = picker.pin(config, store, name)
+    if as_json:
+        output.print_json({"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors})
+    else:
+        output.stdout.print(f"pinned to {name} ({choice.url}); run 'linepicker unpin' to let the policy choose again")
+    for message in errors:
+        output.error(message)
+    if errors:
+        sys.exit(1)
+
+
+@cli.command()
+@_db_option
+@_fails_cleanly
+def unpin(db_path: str | None) -> None:
+    """Let the policy choose again from the next round on.
+
+    \b
+    Example:
+        linepicker unpin && linepicker pick
+    """
+    with _open_store(db_path) as store:
+        was = store.pinned()
+        store.set_pinned(None)
+    click.echo(f"unpinned {was}" if was else "nothing was pinned")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,381 @@
+"""Load and validate lines.yaml.
+
+The config is the user's main interface, so every mistake is reported as one
+line naming the file and line number, and nothing downstream ever sees an
+unchecked value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import APP_NAME
+from .errors import ConfigError
+
+CONFIG_NAME = "lines.yaml"
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    url: str
+    proxy: str | None = None  # None: follow HTTPS_PROXY/NO_PROXY; "none": never use a proxy
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    path: str = "/v1/models"
+    timeout: float = 5.0
+    samples: int = 3
+    concurrency: int = 64
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    window: float = 900.0
+    min_success_rate: float = 0.6
+    margin_relative: float = 0.2
+    margin_ms: float = 10.0
+    failure_penalty_ms: float = 500.0
+
+
+@dataclass(frozen=True)
+class Targets:
+    dotenv: tuple[Path, ...] = ()
+    claude_settings: tuple[Path, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.dotenv or self.claude_settings)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    origin: str  # which rule of the lookup order found the file
+    lines: tuple[Line, ...]
+    key_env: str | None = None
+    probe: ProbeSettings = ProbeSettings()
+    policy: PolicySettings = PolicySettings()
+    exclude: frozenset[str] = frozenset()
+    targets: Targets = Targets()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def active_lines(self) -> tuple[Line, ...]:
+        return tuple(line for line in self.lines if line.name not in self.exclude)
+
+    def line(self, name: str) -> Line | None:
+        return next((line for line in self.lines if line.name == name), None)
+
+    def api_key(self) -> str | None:
+        """The key is read from the environment at the last moment and kept nowhere."""
+        if not self.key_env:
+            return None
+        return os.environ.get(self.key_env) or None
+
+
+def bundled_config_path() -> Path:
+    return Path(__file__).with_name(CONFIG_NAME)
+
+
+def user_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME)) / CONFIG_NAME
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """Apply the lookup order: --config, LINEPICKER_CONFIG, ./lines.yaml, user dir, bundled."""
+    if explicit:
+        return Path(explicit).expanduser(), "--config"
+    env = os.environ.get("LINEPICKER_CONFIG")
+    if env:
+        return Path(env).expanduser(), "LINEPICKER_CONFIG"
+    candidates = [
+        (Path.cwd() / CONFIG_NAME, "current directory"),
+        (user_config_path(), "user config dir"),
+    ]
+    for path, origin in candidates:
+        if path.is_file():
+            return path, origin
+    return bundled_config_path(), "bundled default"
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path, origin = find_config(explicit)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    return parse_config(data, path, origin)
+
+
+def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Config:
+    """Parse config text; raises ConfigError and nothing else, whatever the input."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        loader = yaml.SafeLoader(data)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return _Validator(path, origin).config(root)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as '90s', '15m', '7d'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30s', '15m' or '7d'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30, '30s', '15m' or '7d', got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+class _Validator:
+    """Walks the YAML node tree so that every error can name its line."""
+
+    def __init__(self, path: Path, origin: str):
+        self.path = path
+        self.origin = origin
+        self.warnings: list[str] = []
+
+    def fail(self, node: yaml.Node | None, message: str) -> ConfigError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        return ConfigError(f"{self.path}{line}: {message}")
+
+    def warn(self, node: yaml.Node, message: str) -> None:
+        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
+
+    def mapping(self, node: yaml.Node, what: str, allowed: set[str]) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        result: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail(key_node, f"unknown key {key!r} in {what} (known: {known})")
+            if key in result:
+                raise self.fail(key_node, f"duplicate key {key!r} in {what}")
+            result[key] = value_node
+        return result
+
+    def scalar(self, node: yaml.Node, what: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a single value")
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            raise self.fail(node, f"{what}: {exc}") from None
+        finally:
+            loader.dispose()
+
+    def text(self, node: yaml.Node, what: str) -> str:
+        value = self.scalar(node, what)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(node, f"{what} must be a non-empty string")
+        return value.strip()
+
+    def number(self, node: yaml.Node, what: str, convert: Callable[[Any], float], check: Callable[[float], bool], rule: str) -> Any:
+        value = self.scalar(node, what)
+        if isinstance(value, bool):
+            raise self.fail(node, f"{what} must be {rule}, got {value!r}")
+        try:
+            number = convert(value)
+        except (TypeError, ValueError) as exc:
+            raise self.fail(node, f"{what} must be {rule}: {exc}") from None
+        if not check(number):
+            raise self.fail(node, f"{what} must be {rule}, got {value!r}")
+        return number
+
+    def duration(self, node: yaml.Node, what: str) -> float:
+        return self.number(node, what, parse_duration, lambda v: True, "a positive duration")
+
+    def whole(self, node: yaml.Node, what: str, low: int, high: int) -> int:
+        def convert(value: Any) -> int:
+            if isinstance(value, float) or not isinstance(value, int):
+                raise ValueError(f"{value!r} is not a whole number")
+            return value
+
+        return self.number(node, what, convert, lambda v: low <= v <= high, f"a whole number from {low} to {high}")
+
+    def ratio(self, node: yaml.Node, what: str) -> float:
+        return self.number(node, what, _real, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+    def millis(self, node: yaml.Node, what: str) -> float:
+        return self.number(node, what, _real, lambda v: 0 <= v < 3_600_000, "a number of milliseconds, 0 or more")
+
+    def config(self, root: yaml.Node | None) -> Config:
+        if root is None:
+            raise self.fail(None, "the config is empty: it needs at least a 'lines:' list")
+        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets"})
+        if "lines" not in top:
+            raise self.fail(root, "missing 'lines:': list the relay's BaseURLs there")
+        lines = self.lines(top["lines"])
+        key_env = None
+        if "key_env" in top:
+            key_env = self.text(top["key_env"], "key_env")
+            if not _ENV_NAME.match(key_env):
+                raise self.fail(top["key_env"], "key_env must name an environment variable (such as OPENAI_API_KEY), not hold the key itself")
+        exclude = self.exclude(top.get("exclude"), {line.name for line in lines})
+        if not [line for line in lines if line.name not in exclude]:
+            raise self.fail(top["exclude"], "exclude leaves no line to probe")
+        return Config(
+            source=self.path,
+            origin=self.origin,
+            lines=lines,
+            key_env=key_env,
+            probe=self.probe(top.get("probe")),
+            policy=self.policy(top.get("policy")),
+            exclude=exclude,
+            targets=self.targets(top.get("targets")),
+            warnings=tuple(self.warnings),
+        )
+
+    def probe(self, node: yaml.Node | None) -> ProbeSettings:
+        if node is None:
+            return ProbeSettings()
+        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency"})
+        settings: dict[str, Any] = {}
+        if "path" in keys:
+            path = self.text(keys["path"], "probe.path")
+            if not path.startswith("/"):
+                raise self.fail(keys["path"], f"probe.path must start with '/', got {path!r}")
+            settings["path"] = path
+        if "timeout" in keys:
+            settings["timeout"] = self.duration(keys["timeout"], "probe.timeout")
+        if "samples" in keys:
+            settings["samples"] = self.whole(keys["samples"], "probe.samples", 1, 100)
+        if "concurrency" in keys:
+            settings["concurrency"] = self.whole(keys["concurrency"], "probe.concurrency", 1, 10_000)
+        return ProbeSettings(**settings)
+
+    def policy(self, node: yaml.Node | None) -> PolicySettings:
+        if node is None:
+            return PolicySettings()
+        checks: dict[str, Callable[[yaml.Node, str], float]] = {
+            "window": self.duration,
+            "min_success_rate": self.ratio,
+            "margin_relative": self.ratio,
+            "margin_ms": self.millis,
+            "failure_penalty_ms": self.millis,
+        }
+        keys = self.mapping(node, "policy", set(checks))
+        return PolicySettings(**{key: checks[key](value, f"policy.{key}") for key, value in keys.items()})
+
+    def lines(self, node: yaml.Node) -> tuple[Line, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, "lines must be a non-empty list of {name, url} entries")
+        seen: dict[str, int] = {}
+        lines = []
+        for item in node.value:
+            keys = self.mapping(item, "a line", {"name", "url", "proxy"})
+            for required in ("name", "url"):
+                if required not in keys:
+                    raise self.fail(item, f"a line needs '{required}:'")
+            name = self.text(keys["name"], "line name")
+            if not _NAME.match(name):
+                raise self.fail(keys["name"], f"line name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+            if name in seen:
+                raise self.fail(keys["name"], f"duplicate line name {name!r} (first on line {seen[name]})")
+            seen[name] = keys["name"].start_mark.line + 1
+            url = self.base_url(keys["url"])
+            proxy = self.proxy(keys["proxy"]) if "proxy" in keys else None
+            lines.append(Line(name=name, url=url, proxy=proxy))
+        return tuple(lines)
+
+    def base_url(self, node: yaml.Node) -> str:
+        raw = self.text(node, "url")
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail(node, f"url must be an http:// or https:// address, got {raw!r}")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise self.fail(node, f"url must be a plain BaseURL without query, fragment or credentials, got {raw!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise self.fail(node, f"url has an invalid port: {raw!r}") from None
+        path = parts.path.rstrip("/")
+        if path.endswith("/v1"):
+            path = path[: -len("/v1")]
+            self.warn(node, f"url {raw!r} ends in /v1: using {parts.scheme}://{parts.netloc}{path} (linepicker adds /v1 where a client needs it)")
+        return f"{parts.scheme}://{parts.netloc}{path}"
+
+    def proxy(self, node: yaml.Node) -> str:
+        raw = self.text(node, "proxy")
+        if raw.lower() == "none":
+            return "none"
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail(node, f"proxy must be an http:// proxy URL or 'none', got {raw!r}")
+        return raw
+
+    def exclude(self, node: yaml.Node | None, names: set[str]) -> frozenset[str]:
+        if node is None:
+            return frozenset()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "exclude must be a list of line names")
+        excluded = set()
+        for item in node.value:
+            name = self.text(item, "exclude entry")
+            if name not in names:
+                raise self.fail(item, f"exclude names {name!r}, which is not a line")
+            excluded.add(name)
+        return frozenset(excluded)
+
+    def targets(self, node: yaml.Node | None) -> Targets:
+        if node is None:
+            return Targets()
+        keys = self.mapping(node, "targets", {"dotenv", "claude_settings"})
+        return Targets(**{key: self.paths(value, f"targets.{key}") for key, value in keys.items()})
+
+    def paths(self, node: yaml.Node, what: str) -> tuple[Path, ...]:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, f"{what} must name a file or a list of files")
+        return tuple(self.resolve(self.text(item, what)) for item in items)
+
+    def resolve(self, raw: str) -> Path:
+        """Relative target paths follow the config file, so a daemon started elsewhere writes the same files."""
+        path = Path(os.path.expanduser(raw))
+        return path if path.is_absolute() else self.path.parent.resolve() / path
+
+
+def _real(value: Any) -> float:
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if number != number:
+        raise ValueError("NaN is not a number")
+    return number

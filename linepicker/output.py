@@ -1,0 +1,256 @@
+"""Everything linepicker prints goes through here: rich tables for people, JSON for scripts.
+
+Results go to stdout; notes, warnings, errors and progress go to stderr, so
+`linepicker pick --json | jq` and `eval "$(linepicker env)"` stay clean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config
+from .picker import LineReport, RoundResult, Status
+from .policy import Judgement, LineStats, percentile, judge
+from .probe import Phases, Sample
+from .store import Decision
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "transfer_ms", "total_ms")
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def note(message: str) -> None:
+    stderr.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def error(message: str) -> None:
+    stderr.print(f"[red]error:[/] {escape(message)}")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def config_note(config: Config) -> None:
+    note(f"config: {config.source} ({config.origin})")
+    for warning in config.warnings:
+        warn(warning)
+
+
+@contextmanager
+def progress(total: int, enabled: bool) -> Iterator[Callable[[Sample], None] | None]:
+    """A live count of finished samples, shown only to a person watching a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr, transient=True
+    ) as bar:
+        task = bar.add_task("probing", total=total)
+        yield lambda sample: bar.advance(task)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _when(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def round_phases(samples: list[Sample]) -> Phases:
+    """Median of each phase over this round's samples that reached it."""
+    values = {}
+    for name in PHASES:
+        reached = [getattr(s.phases, name) for s in samples if getattr(s.phases, name) is not None]
+        values[name] = round(percentile(reached, 0.5), 3) if reached else None
+    return Phases(**values)
+
+
+def _outcomes(samples: list[Sample]) -> str:
+    counts = Counter(s.outcome for s in samples)
+    return ", ".join(f"{outcome} ×{n}" if n > 1 else outcome for outcome, n in counts.items())
+
+
+def _last_error(samples: list[Sample]) -> str | None:
+    return next((s.error for s in reversed(samples) if s.error), None)
+
+
+def _sample_json(sample: Sample) -> dict[str, Any]:
+    return {
+        "seq": sample.seq,
+        "started_at": _when(sample.started_at),
+        "outcome": sample.outcome,
+        "success": sample.success,
+        "status": sample.status,
+        "error": sample.error,
+        "phases": vars(sample.phases),
+    }
+
+
+def _stats_json(stats: LineStats, judgement: Judgement) -> dict[str, Any]:
+    return {
+        "healthy": judgement.eligible,
+        "p50_ms": None if stats.p50_ms is None else round(stats.p50_ms, 3),
+        "p95_ms": None if stats.p95_ms is None else round(stats.p95_ms, 3),
+        "success_rate": stats.success_rate,
+        "samples_in_window": stats.samples,
+        "score": None if judgement.score is None else round(judgement.score, 3),
+        "why_not": judgement.why_not,
+    }
+
+
+def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {
+        "name": decision.name,
+        "url": decision.url,
+        "previous": decision.previous,
+        "reason": decision.reason,
+        "decided_at": _when(decision.decided_at),
+    }
+
+
+def _judgement(result: RoundResult, report: LineReport, config: Config) -> Judgement:
+    if result.verdict is not None:
+        return result.verdict.judgements[report.line.name]
+    return judge(report.stats, config.policy)
+
+
+def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[str, Any]:
+    lines = []
+    for report in result.lines:
+        entry = {"name": report.line.name, "url": report.line.url}
+        entry.update(_stats_json(report.stats, _judgement(result, report, config)))
+        entry["error"] = _last_error(report.samples)
+        entry["outcomes"] = [s.outcome for s in report.samples]
+        entry["phases"] = vars(round_phases(report.samples))
+        if with_samples:
+            entry["samples"] = [_sample_json(s) for s in report.samples]
+        lines.append(entry)
+    data: dict[str, Any] = {"config": str(config.source), "round_id": result.round_id, "elapsed_s": round(result.elapsed_s, 3)}
+    if result.verdict is not None:
+        chosen = result.chosen if result.verdict.chosen else None
+        data["chosen"] = {"name": chosen.name, "url": chosen.url} if chosen else None
+        data["changed"] = result.verdict.changed
+        data["reason"] = result.verdict.reason
+        data["kept"] = _decision_json(result.chosen) if result.no_eligible else None
+        data["targets"] = [{"kind": t.kind, "path": str(t.path), "changed": t.changed} for t in result.target_results]
+        data["target_errors"] = result.target_errors
+    data["lines"] = lines
+    return data
+
+
+def render_round(result: RoundResult, config: Config) -> None:
+    chosen = result.verdict.chosen if result.verdict else None
+    table = Table(title=f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", title_justify="left")
+    for header in ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score"):
+        table.add_column(header, justify="right" if header in ("dns", "connect", "tls", "ttfb", "p50", "success", "score") else "left")
+    for report in result.lines:
+        judgement = _judgement(result, report, config)
+        phases = round_phases(report.samples)
+        style = "bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim")
+        table.add_row(
+            "▶" if report.line.name == chosen else "",
+            f"{report.line.name}\n[dim]{escape(report.line.url)}[/]",
+            escape(_outcomes(report.samples)) + (f"\n[dim]{escape(_last_error(report.samples) or '')}[/]" if _last_error(report.samples) else ""),
+            _ms(phases.dns_ms),
+            _ms(phases.connect_ms),
+            _ms(phases.tls_ms),
+            _ms(phases.ttfb_ms),
+            _ms(report.stats.p50_ms),
+            _rate(report.stats.success_rate),
+            _ms(judgement.score) if judgement.eligible else escape(judgement.why_not or "-"),
+            style=style,
+        )
+    stdout.print(table)
+    stdout.print("[dim]phases are this round's medians in ms; p50, success and score cover the policy window[/]")
+    if result.verdict is None:
+        return
+    if result.no_eligible:
+        kept = f"keeping {result.chosen.name} ({result.chosen.url})" if result.chosen else "and no earlier choice to keep"
+        stdout.print(f"[red]No line is eligible[/], {escape(kept)}.")
+    elif result.chosen:
+        verb = "switched to" if result.verdict.changed else "keeping"
+        stdout.print(f"[bold]{verb} {escape(result.chosen.name)}[/] {escape(result.chosen.url)}: {escape(result.verdict.reason)}")
+    for target in result.target_results:
+        stdout.print(f"{'updated' if target.changed else 'already current'}: {target.path}")
+    for message in result.target_errors:
+        error(message)
+
+
+def status_json(status: Status, config: Config) -> dict[str, Any]:
+    lines = []
+    for entry in status.lines:
+        item = {"name": entry.line.name, "url": entry.line.url}
+        item.update(_stats_json(entry.stats, entry.judgement))
+        item["last_outcome"] = entry.last["outcome"] if entry.last else None
+        item["error"] = entry.last["error"] if entry.last else None
+        item["last_probed_at"] = _when(entry.last["at"]) if entry.last else None
+        lines.append(item)
+    return {
+        "config": str(config.source),
+        "window_s": status.window_s,
+        "chosen": {"name": status.choice.name, "url": status.choice.url} if status.choice else None,
+        "choice": _decision_json(status.choice),
+        "pinned": status.pinned,
+        "decisions": [_decision_json(d) for d in status.decisions],
+        "lines": lines,
+    }
+
+
+def render_status(status: Status) -> None:
+    chosen = status.choice.name if status.choice else None
+    table = Table(title=f"last {status.window_s / 60:g} min", title_justify="left")
+    for header in ("", "line", "samples", "success", "p50", "p95", "score", "last outcome"):
+        table.add_column(header, justify="left" if header in ("", "line", "last outcome") else "right")
+    for entry in status.lines:
+        last = entry.last or {}
+        table.add_row(
+            "▶" if entry.line.name == chosen else "",
+            f"{entry.line.name}\n[dim]{escape(entry.line.url)}[/]",
+            str(entry.stats.samples),
+            _rate(entry.stats.success_rate),
+            _ms(entry.stats.p50_ms),
+            _ms(entry.stats.p95_ms),
+            _ms(entry.judgement.score) if entry.judgement.eligible else escape(entry.judgement.why_not or "-"),
+            escape(str(last.get("outcome", "never probed"))) + (f"\n[dim]{escape(last['error'])}[/]" if last.get("error") else ""),
+            style="bold green" if entry.line.name == chosen else "",
+        )
+    stdout.print(table)
+    if status.choice:
+        stdout.print(
+            f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {_when(status.choice.decided_at)}: {escape(status.choice.reason)}"
+        )
+    else:
+        stdout.print("No line chosen yet: run [bold]linepicker pick[/].")
+    if status.pinned:
+        stdout.print(f"[yellow]pinned by hand to {escape(status.pinned)}[/] (linepicker unpin to let the policy choose)")

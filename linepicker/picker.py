@@ -1,0 +1,178 @@
+"""One round: probe the lines, record every sample, decide, hand the choice out.
+
+This is the core that the CLI and the daemon both call; it knows nothing of
+how results are shown.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import policy, probe, targets
+from .config import Config, Line
+from .policy import LineStats, Verdict
+from .probe import LineRun, Sample
+from .store import Decision, Store
+
+
+@dataclass(frozen=True)
+class LineReport:
+    line: Line
+    samples: list[Sample]  # this round's
+    stats: LineStats  # over the policy window, this round included
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round_id: int
+    lines: list[LineReport]
+    elapsed_s: float
+    verdict: Verdict | None = None  # None when the round only probed
+    chosen: Decision | None = None  # the choice in force after the round
+    target_results: list[targets.TargetResult] = field(default_factory=list)
+    target_errors: list[str] = field(default_factory=list)
+
+    @property
+    def no_eligible(self) -> bool:
+        return self.verdict is not None and self.verdict.chosen is None
+
+
+def finished(samples: list[Sample]) -> list[tuple[bool, float | None]]:
+    return [(bool(s.success), s.phases.ttfb_ms) for s in samples if s.success is not None]
+
+
+def round_up(samples: list[Sample]) -> bool:
+    """A line whose every finished sample this round failed is down, whatever its history says."""
+    outcomes = [s.success for s in samples if s.success is not None]
+    return not outcomes or any(outcomes)
+
+
+class _Settled:
+    """Tells a running round it can stop: no unfinished line can change the choice any more.
+
+    Each unfinished line is judged as if its remaining samples all succeeded
+    with a latency equal to how long its current request has been waiting. If
+    even then the winner is a line that has finished, waiting longer cannot
+    change the verdict, so a hanging line does not hold `pick` to its timeout.
+    """
+
+    def __init__(self, config: Config, history: dict[str, list[tuple[bool, float | None]]], current: str | None, pinned: str | None):
+        self.config = config
+        self.history = history
+        self.current = current
+        self.pinned = pinned
+
+    def __call__(self, runs: list[LineRun]) -> bool:
+        now = time.perf_counter()
+        stats = []
+        for run in runs:
+            outcomes = self.history[run.line.name] + finished(run.samples)
+            if run.done:
+                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples)))
+                continue
+            waited = (now - run.inflight_since) * 1000 if run.inflight_since else 0.0
+            outcomes += [(True, waited)] * (self.config.probe.samples - len(run.samples))
+            stats.append(policy.summarize(run.line.name, outcomes, True))
+        verdict = policy.decide(stats, self.current, self.config.policy, self.pinned)
+        if verdict.chosen is None:
+            return True
+        return next(run.done for run in runs if run.line.name == verdict.chosen)
+
+
+async def run_round(
+    config: Config,
+    store: Store,
+    kind: str,
+    choose: bool = True,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> RoundResult:
+    started = time.perf_counter()
+    lines = config.active_lines
+    line_ids = store.line_ids(lines)
+    round_id = store.start_round(kind)
+    previous = store.choice()
+    current = previous.name if previous else None
+    pinned = store.pinned()
+    history = store.window(line_ids, time.time() - config.policy.window)
+
+    settled = _Settled(config, history, current, pinned) if choose else None
+    runs = await probe.probe_round(lines, config.probe, config.api_key(), settled=settled, on_sample=on_sample)
+    for run in runs:
+        store.add_samples(round_id, line_ids, run.samples)
+
+    reports = [
+        LineReport(
+            run.line,
+            run.samples,
+            policy.summarize(run.line.name, history[run.line.name] + finished(run.samples), round_up(run.samples)),
+        )
+        for run in runs
+    ]
+    elapsed = time.perf_counter() - started
+    if not choose:
+        store.finish_round(round_id, None, "probe only")
+        return RoundResult(round_id, reports, elapsed)
+
+    verdict = policy.decide([r.stats for r in reports], current, config.policy, pinned)
+    chosen = _record_choice(config, store, verdict, previous, round_id)
+    store.finish_round(round_id, verdict.chosen, verdict.reason)
+    results, errors = targets.write_targets(config.targets, chosen.url) if chosen and verdict.chosen else ([], [])
+    return RoundResult(round_id, reports, elapsed, verdict, chosen, results, errors)
+
+
+def _record_choice(config: Config, store: Store, verdict: Verdict, previous: Decision | None, round_id: int) -> Decision | None:
+    """Record a decision only when the chosen line (or its URL) differs from the one in force."""
+    if verdict.chosen is None:
+        return previous
+    line = config.line(verdict.chosen)
+    assert line is not None
+    if previous and previous.name == line.name and previous.url == line.url:
+        return previous
+    store.record_decision(line.name, line.url, previous.name if previous else None, verdict.reason, round_id)
+    return store.choice()
+
+
+@dataclass(frozen=True)
+class LineStatus:
+    line: Line
+    stats: LineStats
+    judgement: policy.Judgement
+    last: dict | None  # newest sample: outcome, error, at
+
+
+@dataclass(frozen=True)
+class Status:
+    lines: list[LineStatus]
+    choice: Decision | None
+    pinned: str | None
+    decisions: list[Decision]
+    window_s: float
+
+
+def status(config: Config, store: Store) -> Status:
+    """The record as the policy sees it now, without probing."""
+    lines = config.active_lines
+    line_ids = store.line_ids(lines)
+    window = store.window(line_ids, time.time() - config.policy.window)
+    up = store.latest_round_up(line_ids)
+    last = store.last_samples(line_ids)
+    entries = []
+    for line in lines:
+        stats = policy.summarize(line.name, window[line.name], up.get(line.name, True))
+        entries.append(LineStatus(line, stats, policy.judge(stats, config.policy), last.get(line.name)))
+    return Status(entries, store.choice(), store.pinned(), store.decisions(10), config.policy.window)
+
+
+def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[targets.TargetResult], list[str]]:
+    """Pinning takes effect at once: the choice, `env` and the target files all follow it now."""
+    line = config.line(name)
+    if line is None:
+        raise KeyError(name)
+    store.set_pinned(name)
+    previous = store.choice()
+    if not previous or previous.name != line.name or previous.url != line.url:
+        store.record_decision(line.name, line.url, previous.name if previous else None, "pinned by hand", None)
+    results, errors = targets.write_targets(config.targets, line.url)
+    return store.choice(), results, errors

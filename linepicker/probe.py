@@ -1,0 +1,443 @@
+"""Probe relay lines over HTTP and time each phase of every request.
+
+Modelled on blackbox_exporter: trace handlers only stamp monotonic times into
+a per-sample record, the phases are computed afterwards, and a failed sample
+keeps the phases it completed. Every sample uses a fresh connection and a
+fresh DNS lookup, because connection reuse and DNS caching would hide the
+very phases a user's first request pays for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import json
+import os
+import socket
+import ssl
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import __version__
+from .config import Line, ProbeSettings
+
+BODY_CAP = 64 * 1024
+MAX_REDIRECTS = 5
+
+# Outcomes, in the words a user reads in the table.
+OK = "ok"
+TIMEOUT = "timeout"
+DNS = "dns"
+REFUSED = "refused"
+UNREACHABLE = "unreachable"
+RESET = "reset"
+TLS = "tls"
+PROTOCOL = "protocol"
+HTTP_4XX = "http_4xx"
+HTTP_5XX = "http_5xx"
+NOT_API = "not_api"
+AUTH = "auth"
+RATE_LIMITED = "rate_limited"
+UNFINISHED = "unfinished"
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Milliseconds per phase; None where the sample never got there (or, for dns, no lookup was needed)."""
+
+    dns_ms: float | None = None
+    connect_ms: float | None = None
+    tls_ms: float | None = None
+    ttfb_ms: float | None = None
+    transfer_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    line: str
+    seq: int
+    started_at: float  # unix time
+    outcome: str
+    success: bool | None  # None: unfinished, counts neither way
+    phases: Phases
+    status: int | None = None
+    error: str | None = None
+    key_sent: bool = False
+
+
+def is_success(outcome: str, key_sent: bool) -> bool:
+    """Reachable and answering as the API: a 401 without a key still proves the API is there.
+
+    A 429 counts as reachable too: the account is shared by every line, so a rate
+    limit is not a reason to move to another line.
+    """
+    return outcome in (OK, RATE_LIMITED) or (outcome == AUTH and not key_sent)
+
+
+@dataclass
+class _Stamps:
+    """Monotonic times written by trace handlers; phases are derived from them later."""
+
+    start: float = 0.0
+    dns_start: float | None = None
+    dns_end: float | None = None
+    conn_start: float | None = None
+    tls_start: float | None = None
+    conn_end: float | None = None
+    request_sent: float | None = None
+    headers: float | None = None
+    body_end: float | None = None
+    end: float = 0.0
+
+    def new_hop(self) -> None:
+        """A redirect starts a new request: the phases describe the hop that answered."""
+        self.dns_start = self.dns_end = self.conn_start = self.tls_start = None
+        self.conn_end = self.request_sent = self.headers = self.body_end = None
+
+    def phases(self) -> Phases:
+        connect_from = self.dns_end if self.dns_end is not None else self.conn_start
+        tcp_done = self.tls_start if self.tls_start is not None else self.conn_end
+        return Phases(
+            dns_ms=_span(self.dns_start, self.dns_end),
+            connect_ms=_span(connect_from, tcp_done),
+            tls_ms=_span(self.tls_start, self.conn_end),
+            ttfb_ms=_span(self.request_sent, self.headers),
+            transfer_ms=_span(self.headers, self.body_end),
+            total_ms=_span(self.start, self.end),
+        )
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000, 3)
+
+
+_current_stamps: contextvars.ContextVar[_Stamps | None] = contextvars.ContextVar("linepicker_stamps", default=None)
+
+
+class _TimedSSLContext(ssl.SSLContext):
+    """Marks where the TCP connect ends and the TLS handshake begins.
+
+    aiohttp's tracing has no TLS signal. asyncio wraps the socket in an SSL
+    object (wrap_bio) as soon as the TCP connection is up, for direct and
+    proxied (CONNECT, then start_tls) connections alike, so the moment of that
+    call is the start of the handshake.
+    """
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        stamps = _current_stamps.get()
+        if stamps is not None:
+            stamps.tls_start = time.perf_counter()
+        return super().wrap_bio(*args, **kwargs)
+
+
+def make_ssl_context() -> ssl.SSLContext:
+    """Verified TLS as the OpenAI SDK does it: system store, SSL_CERT_FILE/SSL_CERT_DIR honoured."""
+    context = _TimedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    def stamp(attr: str) -> Callable[..., Awaitable[None]]:
+        async def handler(session: Any, ctx: Any, params: Any) -> None:
+            setattr(ctx.trace_request_ctx, attr, time.perf_counter())
+
+        return handler
+
+    async def redirect(session: Any, ctx: Any, params: Any) -> None:
+        ctx.trace_request_ctx.new_hop()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(stamp("dns_start"))
+    trace.on_dns_resolvehost_end.append(stamp("dns_end"))
+    trace.on_connection_create_start.append(stamp("conn_start"))
+    trace.on_connection_create_end.append(stamp("conn_end"))
+    trace.on_request_headers_sent.append(stamp("request_sent"))
+    trace.on_request_redirect.append(redirect)
+    return trace
+
+
+def proxy_for(line: Line, url: str) -> str | None:
+    """The proxy the OpenAI SDK would use for this URL: the line's own, else HTTPS_PROXY/NO_PROXY."""
+    if line.proxy == "none":
+        return None
+    if line.proxy:
+        return line.proxy
+    proxies = urllib.request.getproxies_environment()
+    host = urlsplit(url).hostname or ""
+    if proxies.get("no") and urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    scheme = urlsplit(url).scheme
+    return proxies.get(scheme) or proxies.get("all")
+
+
+def redact(text: str, secret: str | None) -> str:
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
+
+
+async def probe_once(line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext) -> Sample:
+    """One request on a fresh connection, ended by a total deadline however the server misbehaves."""
+    url = line.url + settings.path
+    headers = {"User-Agent": f"linepicker/{__version__}", "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    stamps = _Stamps(start=time.perf_counter())
+    started_at = time.time()
+    token = _current_stamps.set(stamps)
+    status = None
+    try:
+        connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[_TRACE], trust_env=False) as session:
+            async with asyncio.timeout(settings.timeout):
+                async with session.get(
+                    url,
+                    headers=headers,
+                    proxy=proxy_for(line, url),
+                    max_redirects=MAX_REDIRECTS,
+                    trace_request_ctx=stamps,
+                    auto_decompress=True,
+                ) as response:
+                    stamps.headers = time.perf_counter()
+                    status = response.status
+                    body, complete = await _read_capped(response)
+                    stamps.body_end = time.perf_counter()
+                    outcome, error = classify_response(response.status, response.content_type, body, complete)
+    except Exception as exc:
+        outcome, error = classify_exception(exc, settings.timeout)
+    finally:
+        stamps.end = time.perf_counter()
+        _current_stamps.reset(token)
+    return Sample(
+        line=line.name,
+        seq=seq,
+        started_at=started_at,
+        outcome=outcome,
+        success=is_success(outcome, bool(key)),
+        phases=stamps.phases(),
+        status=status,
+        error=redact(error, key) if error else None,
+        key_sent=bool(key),
+    )
+
+
+_TRACE = _trace_config()
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Read at most BODY_CAP bytes: a block page or an endless stream must not cost memory."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < BODY_CAP:
+        chunk = await response.content.read(BODY_CAP - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), response.content.at_eof()
+
+
+def classify_response(status: int, content_type: str, body: bytes, complete: bool) -> tuple[str, str | None]:
+    shape = _json_shape(body, complete)
+    if status == 429:
+        return RATE_LIMITED, "429 Too Many Requests"
+    if status >= 500:
+        return HTTP_5XX, f"HTTP {status}" + _page_hint(content_type, body)
+    if status in (401, 403):
+        if shape == "error":
+            return AUTH, f"HTTP {status}: the API answered but did not accept the key"
+        return NOT_API, f"HTTP {status} that is not the API" + _page_hint(content_type, body)
+    if 300 <= status < 400:
+        return PROTOCOL, f"HTTP {status} redirect without a usable Location"
+    if status >= 400:
+        return HTTP_4XX, f"HTTP {status}" + _page_hint(content_type, body)
+    if shape == "api":
+        return OK, None
+    return NOT_API, f"HTTP {status} but the body is not OpenAI-shaped JSON" + _page_hint(content_type, body)
+
+
+def _json_shape(body: bytes, complete: bool) -> str | None:
+    """'api' for an OpenAI-style object or list, 'error' for an OpenAI-style error, else None."""
+    if complete:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        if "error" in data:
+            return "error"
+        return "api" if "data" in data or "object" in data else None
+    head = body[:4096].lstrip()
+    if not head.startswith(b"{"):
+        return None
+    if b'"error"' in head[:200]:
+        return "error"
+    return "api" if b'"data"' in head or b'"object"' in head else None
+
+
+def _page_hint(content_type: str, body: bytes) -> str:
+    """Name what came back instead of the API, so a block page is recognisable in the table."""
+    if "html" in content_type or body.lstrip()[:1] == b"<":
+        title = _html_title(body)
+        return f" (HTML page{': ' + title if title else ''})"
+    return f" ({content_type})" if content_type and content_type != "application/octet-stream" else ""
+
+
+def _html_title(body: bytes) -> str:
+    text = body[:8192].decode("utf-8", "replace")
+    start = text.lower().find("<title>")
+    if start < 0:
+        return ""
+    end = text.lower().find("</title>", start)
+    title = text[start + 7 : end if end > 0 else start + 87]
+    return " ".join(title.split())[:80]
+
+
+def classify_exception(exc: Exception, timeout: float) -> tuple[str, str]:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return TIMEOUT, f"no complete answer within {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TLS, f"certificate rejected: {_ssl_reason(exc.certificate_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return TLS, f"TLS handshake failed: {_ssl_reason(exc.os_error)}"
+    if isinstance(exc, ssl.SSLError):
+        return TLS, f"TLS failed: {_ssl_reason(exc)}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(getattr(exc, "os_error", None), socket.gaierror):
+        return DNS, f"DNS lookup failed: {getattr(exc, 'os_error', exc)}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return PROTOCOL, f"proxy answered {exc.status} to CONNECT"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _classify_os_error(exc.os_error, "connect")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return PROTOCOL, f"more than {MAX_REDIRECTS} redirects"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return RESET, "server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConnectionResetError):
+            return RESET, "connection reset while reading the body"
+        return PROTOCOL, f"broken response body: {_first_line(exc)}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return PROTOCOL, f"not an HTTP answer: {_first_line(exc.message) or exc.status}"
+    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
+        return _classify_os_error(exc, "read")
+    if isinstance(exc, aiohttp.ClientError):
+        return PROTOCOL, f"{type(exc).__name__}: {_first_line(exc)}"
+    raise exc
+
+
+def _classify_os_error(exc: BaseException, during: str) -> tuple[str, str]:
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return REFUSED, "connection refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or code in (errno.ECONNRESET, errno.EPIPE):
+        return RESET, f"connection reset during {during}"
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return UNREACHABLE, os.strerror(code)
+    return UNREACHABLE, f"{during} failed: {_first_line(exc)}"
+
+
+def _ssl_reason(exc: BaseException | None) -> str:
+    return str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc)
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+@dataclass
+class LineRun:
+    """One line's progress through a round, readable while the round is running."""
+
+    line: Line
+    samples: list[Sample] = field(default_factory=list)
+    inflight_since: float | None = None  # perf_counter start of the sample in flight
+    done: bool = False
+
+
+async def probe_line(
+    run: LineRun,
+    settings: ProbeSettings,
+    key: str | None,
+    ssl_context: ssl.SSLContext,
+    limit: asyncio.Semaphore,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> None:
+    """Samples of one line go one after another, so they never compete with each other."""
+    async with limit:
+        for seq in range(settings.samples):
+            run.inflight_since = time.perf_counter()
+            sample = await probe_once(run.line, seq, settings, key, ssl_context)
+            run.samples.append(sample)
+            run.inflight_since = None
+            if on_sample:
+                on_sample(sample)
+            if sample.outcome == TIMEOUT:
+                # Another sample would only cost another full timeout.
+                break
+    run.done = True
+
+
+Settled = Callable[[list[LineRun]], bool]
+
+
+async def probe_round(
+    lines: tuple[Line, ...] | list[Line],
+    settings: ProbeSettings,
+    key: str | None,
+    settled: Settled | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+    tick: float = 0.02,
+) -> list[LineRun]:
+    """Probe every line concurrently; stop early once `settled` says the rest cannot matter.
+
+    Lines cut short get one 'unfinished' sample so the record shows they were
+    not waited for, rather than pretending they failed.
+    """
+    ssl_context = make_ssl_context()
+    limit = asyncio.Semaphore(settings.concurrency)
+    runs = [LineRun(line) for line in lines]
+    tasks = {asyncio.ensure_future(probe_line(run, settings, key, ssl_context, limit, on_sample)): run for run in runs}
+    pending = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=tick if settled else None, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            if pending and settled and settled(runs):
+                break
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    now = time.perf_counter()
+    for task in pending:
+        run = tasks[task]
+        elapsed = (now - run.inflight_since) * 1000 if run.inflight_since else None
+        run.samples.append(
+            Sample(
+                line=run.line.name,
+                seq=len(run.samples),
+                started_at=time.time() - (elapsed or 0) / 1000,
+                outcome=UNFINISHED,
+                success=None,
+                phases=Phases(total_ms=round(elapsed, 3) if elapsed is not None else None),
+                error="not waited for: the choice was already settled",
+                key_sent=bool(key),
+            )
+        )
+    return runs

@@ -1,0 +1,282 @@
+"""The SQLite record of every probe, round and decision.
+
+One file shared by `pick`, `status`, `env` and the daemon: WAL mode and a busy
+timeout let them run side by side. Schema changes go through numbered
+migrations recorded in the database itself, so a file written by any release
+opens in every later one. No secret is ever written here.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from . import APP_NAME
+from .errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+    from .config import Line
+
+    from .probe import Sample
+
+BUSY_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    url: str
+    previous: str | None
+    reason: str
+    decided_at: float
+
+
+def default_db_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "linepicker.db"
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--db, then LINEPICKER_DB, then the user data dir."""
+    chosen = explicit or os.environ.get("LINEPICKER_DB")
+    return Path(chosen).expanduser() if chosen else default_db_path()
+
+
+def read_choice(path: Path) -> Decision | None:
+    """The last decision, read with the standard library alone.
+
+    This is the `linepicker env` path that runs in every new shell: it opens the
+    file read-only, creates nothing and imports nothing heavy.
+    """
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            row = conn.execute(
+                "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise StoreError(f"{path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not a usable linepicker database ({exc})") from None
+    return Decision(*row) if row else None
+
+
+def _migration_1(db: "sqlite_utils.Database") -> None:
+    db["lines"].create(
+        {"id": int, "name": str, "url": str, "first_seen": float},
+        pk="id",
+        not_null={"name", "url"},
+    )
+    db["lines"].create_index(["name", "url"], unique=True)
+    db["rounds"].create(
+        {"id": int, "kind": str, "started_at": float, "finished_at": float, "chosen": str, "reason": str},
+        pk="id",
+    )
+    db["samples"].create(
+        {
+            "id": int,
+            "round_id": int,
+            "line_id": int,
+            "seq": int,
+            "started_at": float,
+            "outcome": str,
+            "success": int,
+            "status": int,
+            "error": str,
+            "dns_ms": float,
+            "connect_ms": float,
+            "tls_ms": float,
+            "ttfb_ms": float,
+            "transfer_ms": float,
+            "total_ms": float,
+            "key_sent": int,
+        },
+        pk="id",
+        foreign_keys=[("round_id", "rounds", "id"), ("line_id", "lines", "id")],
+    )
+    db["samples"].create_index(["line_id", "started_at"])
+    db["decisions"].create(
+        {"id": int, "decided_at": float, "name": str, "url": str, "previous": str, "reason": str, "round_id": int},
+        pk="id",
+    )
+    db["state"].create({"key": str, "value": str}, pk="key")
+
+
+MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
+    ("0001_initial", _migration_1),
+]
+
+
+class Store:
+    def __init__(self, path: Path):
+        import sqlite_utils
+
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+            self.db = sqlite_utils.Database(conn)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot use the database: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        with self.db.conn:
+            self.db.execute("create table if not exists migrations (id integer primary key, name text unique, applied_at real)")
+            done = {row[0] for row in self.db.execute("select name from migrations")}
+            for name, migrate in MIGRATIONS:
+                if name not in done:
+                    migrate(self.db)
+                    self.db["migrations"].insert({"name": name, "applied_at": time.time()})
+
+    def _write(self, action: Callable[[], object]) -> object:
+        """Run a write in one transaction, turning SQLite failures into a StoreError naming the file."""
+        try:
+            with self.db.conn:
+                return action()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from None
+
+    def line_ids(self, lines: Sequence["Line"]) -> dict[str, int]:
+        """A line is its name and URL: history under a changed URL is another line's."""
+
+        def upsert() -> dict[str, int]:
+            ids = {}
+            for line in lines:
+                row = self.db.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
+                if row is None:
+                    ids[line.name] = self.db["lines"].insert({"name": line.name, "url": line.url, "first_seen": time.time()}).last_pk
+                else:
+                    ids[line.name] = row[0]
+            return ids
+
+        return self._write(upsert)  # type: ignore[return-value]
+
+    def start_round(self, kind: str) -> int:
+        return self._write(lambda: self.db["rounds"].insert({"kind": kind, "started_at": time.time()}).last_pk)  # type: ignore[return-value]
+
+    def add_samples(self, round_id: int, line_ids: dict[str, int], samples: Iterable["Sample"]) -> None:
+        rows = [
+            {
+                "round_id": round_id,
+                "line_id": line_ids[s.line],
+                "seq": s.seq,
+                "started_at": s.started_at,
+                "outcome": s.outcome,
+                "success": None if s.success is None else int(s.success),
+                "status": s.status,
+                "error": s.error,
+                "dns_ms": s.phases.dns_ms,
+                "connect_ms": s.phases.connect_ms,
+                "tls_ms": s.phases.tls_ms,
+                "ttfb_ms": s.phases.ttfb_ms,
+                "transfer_ms": s.phases.transfer_ms,
+                "total_ms": s.phases.total_ms,
+                "key_sent": int(s.key_sent),
+            }
+            for s in samples
+        ]
+        if rows:
+            self._write(lambda: self.db["samples"].insert_all(rows))
+
+    def finish_round(self, round_id: int, chosen: str | None, reason: str) -> None:
+        self._write(
+            lambda: self.db["rounds"].update(round_id, {"finished_at": time.time(), "chosen": chosen, "reason": reason})
+        )
+
+    def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[bool, float | None]]]:
+        """Finished samples per line since a time: (success, ttfb_ms), oldest first."""
+        names = {line_id: name for name, line_id in line_ids.items()}
+        result: dict[str, list[tuple[bool, float | None]]] = {name: [] for name in line_ids}
+        if not names:
+            return result
+        marks = ",".join("?" * len(names))
+        rows = self.db.execute(
+            f"select line_id, success, ttfb_ms from samples where line_id in ({marks}) and started_at >= ? "
+            "and success is not null order by started_at",
+            [*names, since],
+        )
+        for line_id, success, ttfb in rows:
+            result[names[line_id]].append((bool(success), ttfb))
+        return result
+
+    def last_samples(self, line_ids: dict[str, int]) -> dict[str, dict]:
+        """The newest sample of each line, for 'last outcome' and 'last error' in status."""
+        result = {}
+        for name, line_id in line_ids.items():
+            row = self.db.execute(
+                "select outcome, error, started_at from samples where line_id = ? order by started_at desc limit 1",
+                [line_id],
+            ).fetchone()
+            if row:
+                result[name] = {"outcome": row[0], "error": row[1], "at": row[2]}
+        return result
+
+    def latest_round_up(self, line_ids: dict[str, int]) -> dict[str, bool]:
+        """Whether each line answered at least once in the latest round that measured it."""
+        result = {}
+        for name, line_id in line_ids.items():
+            rows = self.db.execute(
+                "select round_id, success from samples where line_id = ? and success is not null "
+                "order by started_at desc limit 100",
+                [line_id],
+            ).fetchall()
+            if rows:
+                latest = rows[0][0]
+                result[name] = any(success for round_id, success in rows if round_id == latest)
+        return result
+
+    def choice(self) -> Decision | None:
+        row = self.db.execute(
+            "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
+        ).fetchone()
+        return Decision(*row) if row else None
+
+    def record_decision(self, name: str, url: str, previous: str | None, reason: str, round_id: int | None) -> None:
+        self._write(
+            lambda: self.db["decisions"].insert(
+                {"decided_at": time.time(), "name": name, "url": url, "previous": previous, "reason": reason, "round_id": round_id}
+            )
+        )
+
+    def decisions(self, limit: int = 10) -> list[Decision]:
+        rows = self.db.execute(
+            "select name, url, previous, reason, decided_at from decisions order by id desc limit ?", [limit]
+        ).fetchall()
+        return [Decision(*row) for row in rows]
+
+    def pinned(self) -> str | None:
+        row = self.db.execute("select value from state where key = 'pinned'").fetchone()
+        return row[0] if row else None
+
+    def set_pinned(self, name: str | None) -> None:
+        if name is None:
+            self._write(lambda: self.db.execute("delete from state where key = 'pinned'"))
+        else:
+            self._write(lambda: self.db["state"].upsert({"key": "pinned", "value": name}, pk="key"))

@@ -1,0 +1,223 @@
+"""Hand the chosen line to the user's tools: shell exports, .env files, Claude Code's settings.
+
+The files written here belong to the user. Every write is atomic (temp file,
+fsync, rename), keeps every key we do not own and the file's mode, and a file
+we cannot parse is left exactly as it was. Standard library only, because
+`linepicker env` runs in every new shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import TargetError
+
+if TYPE_CHECKING:
+    from .config import Targets
+
+SHELLS = ("bash", "zsh", "fish", "powershell", "cmd")
+NEW_FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    kind: str
+    path: Path
+    changed: bool  # False: the file already said this
+
+
+def client_env(url: str) -> dict[str, str]:
+    """What each client reads: the OpenAI SDKs want /v1, Claude Code the bare host."""
+    return {
+        "OPENAI_BASE_URL": f"{url}/v1",
+        "OPENAI_API_BASE": f"{url}/v1",
+        "ANTHROPIC_BASE_URL": url,
+    }
+
+
+def shell_exports(url: str, shell: str) -> str:
+    variables = client_env(url)
+    return "".join(_export_line(name, value, shell) + "\n" for name, value in variables.items())
+
+
+def _export_line(name: str, value: str, shell: str) -> str:
+    if shell in ("bash", "zsh"):
+        return f"export {name}={_posix_quote(value)}"
+    if shell == "fish":
+        return f"set -gx {name} {_posix_quote(value)};"
+    if shell == "powershell":
+        return f"$env:{name} = '{value.replace(chr(39), chr(39) * 2)}'"
+    if shell == "cmd":
+        return f'set "{name}={value}"'
+    raise ValueError(f"unknown shell {shell!r}; choose one of {', '.join(SHELLS)}")
+
+
+def _posix_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def detect_shell() -> str:
+    """Guess from $SHELL so that `eval "$(linepicker env)"` works without a flag in fish too."""
+    name = Path(os.environ.get("SHELL", "")).name
+    if name in SHELLS:
+        return name
+    if os.name == "nt":
+        return "powershell"
+    return "bash"
+
+
+def update_dotenv(path: Path, url: str) -> TargetResult:
+    """Set our keys in a .env file, in place where they already are, and keep every other line."""
+    try:
+        original = path.read_bytes().decode("utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: cannot read: {exc}") from None
+    updated = render_dotenv(original or "", client_env(url))
+    return _write_if_changed("dotenv", path, original, updated)
+
+
+_DOTENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_.]*)(\s*=\s*)(.*)$")
+
+
+def render_dotenv(text: str, values: dict[str, str]) -> str:
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines(keepends=True)
+    seen = set()
+    out = []
+    for line in lines:
+        body = line.rstrip("\r\n")
+        ending = line[len(body) :]
+        match = _DOTENV_LINE.match(body)
+        if match and match.group(2) in values:
+            prefix, name, equals, old = match.groups()
+            out.append(f"{prefix}{name}{equals}{_dotenv_value(values[name], old)}{ending}")
+            seen.add(name)
+        else:
+            out.append(line)
+    missing = [name for name in values if name not in seen]
+    if missing:
+        if out and not out[-1].endswith(("\n", "\r")):
+            out.append(newline)
+        out.extend(f"{name}={_dotenv_value(values[name], '')}{newline}" for name in missing)
+    return "".join(out)
+
+
+def _dotenv_value(value: str, old: str) -> str:
+    """Keep the quoting style the user chose for that key."""
+    old = old.strip()
+    if old.startswith("'"):
+        return f"'{value}'"
+    if old.startswith('"'):
+        return f'"{value}"'
+    return value
+
+
+def update_claude_settings(path: Path, url: str) -> TargetResult:
+    """Set env.ANTHROPIC_BASE_URL in Claude Code's settings.json, keeping every other key and their order."""
+    try:
+        original = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: cannot read: {exc}") from None
+    data: dict = {}
+    if original is not None and original.strip():
+        try:
+            data = json.loads(original)
+        except ValueError as exc:
+            raise TargetError(f"{path}: not valid JSON ({exc}); left untouched") from None
+        if not isinstance(data, dict):
+            raise TargetError(f"{path}: expected a JSON object at the top; left untouched")
+    env = data.setdefault("env", {})
+    if not isinstance(env, dict):
+        raise TargetError(f"{path}: 'env' is not a JSON object; left untouched")
+    if env.get("ANTHROPIC_BASE_URL") == url:
+        return TargetResult("claude_settings", path, False)
+    env["ANTHROPIC_BASE_URL"] = url
+    updated = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return _write_if_changed("claude_settings", path, original, updated)
+
+
+def write_targets(targets: "Targets", url: str) -> tuple[list[TargetResult], list[str]]:
+    """Update every configured file; one broken file does not stop the others."""
+    results: list[TargetResult] = []
+    errors: list[str] = []
+    writers = [(path, update_dotenv) for path in targets.dotenv]
+    writers += [(path, update_claude_settings) for path in targets.claude_settings]
+    for path, update in writers:
+        try:
+            results.append(update(path, url))
+        except TargetError as exc:
+            errors.append(str(exc))
+    return results, errors
+
+
+def _write_if_changed(kind: str, path: Path, original: str | None, updated: str) -> TargetResult:
+    if original == updated:
+        return TargetResult(kind, path, False)
+    atomic_write(path, updated.encode("utf-8"))
+    return TargetResult(kind, path, True)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace a file so that a crash at any moment leaves either the old or the new content.
+
+    Writes through a symlink to its target, so dotfile managers keep their links.
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        info = real.stat()
+        mode = stat.S_IMODE(info.st_mode)
+    except FileNotFoundError:
+        info = None
+        mode = NEW_FILE_MODE
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            if info is not None and hasattr(os, "fchown"):
+                try:
+                    os.fchown(handle.fileno(), info.st_uid, info.st_gid)
+                except PermissionError:
+                    pass
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, real)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(real.parent)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; not every platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
