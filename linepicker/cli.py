@@ -96,7 +96,7 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
         show_progress = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
         total = len(config.active_lines) * config.probe.samples
         with output.progress(total, show_progress) as on_sample:
-            result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose, on_sample))
+            result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose_line=choose, on_sample=on_sample))
     if as_json:
         output.print_json(output.round_json(result, config, with_samples=not choose))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,8 @@ class ProbeSettings:
     timeout: float = 5.0
     samples: int = 3
     concurrency: int = 64
+    interval: float = 60.0  # daemon: seconds between full rounds
+    down_interval: float = 10.0  # daemon: re-probe of lines that are down, like HAProxy's downinter
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ class PolicySettings:
     margin_relative: float = 0.2
     margin_ms: float = 10.0
     failure_penalty_ms: float = 500.0
+    rise: int = 2  # daemon: good rounds before a down line is up again
+    fall: int = 3  # daemon: failed rounds before an up line is down
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    raw: float = 7 * 86400.0  # raw samples older than this are rolled up into hourly aggregates
+    hourly: float = 90 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class Config:
     policy: PolicySettings = PolicySettings()
     exclude: frozenset[str] = frozenset()
     targets: Targets = Targets()
+    retention: RetentionSettings = RetentionSettings()
+    on_switch: tuple[str, ...] = ()  # argv run when the choice changes; never through a shell
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -239,7 +252,7 @@ class _Validator:
     def config(self, root: yaml.Node | None) -> Config:
         if root is None:
             raise self.fail(None, "the config is empty: it needs at least a 'lines:' list")
-        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets"})
+        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch"})
         if "lines" not in top:
             raise self.fail(root, "missing 'lines:': list the relay's BaseURLs there")
         lines = self.lines(top["lines"])
@@ -260,13 +273,15 @@ class _Validator:
             policy=self.policy(top.get("policy")),
             exclude=exclude,
             targets=self.targets(top.get("targets")),
+            retention=self.retention(top.get("retention")),
+            on_switch=self.command(top["on_switch"]) if "on_switch" in top else (),
             warnings=tuple(self.warnings),
         )
 
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:
             return ProbeSettings()
-        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency"})
+        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval"})
         settings: dict[str, Any] = {}
         if "path" in keys:
             path = self.text(keys["path"], "probe.path")
@@ -279,6 +294,9 @@ class _Validator:
             settings["samples"] = self.whole(keys["samples"], "probe.samples", 1, 100)
         if "concurrency" in keys:
             settings["concurrency"] = self.whole(keys["concurrency"], "probe.concurrency", 1, 10_000)
+        for key in ("interval", "down_interval"):
+            if key in keys:
+                settings[key] = self.duration(keys[key], f"probe.{key}")
         return ProbeSettings(**settings)
 
     def policy(self, node: yaml.Node | None) -> PolicySettings:
@@ -290,6 +308,8 @@ class _Validator:
             "margin_relative": self.ratio,
             "margin_ms": self.millis,
             "failure_penalty_ms": self.millis,
+            "rise": lambda node, what: self.whole(node, what, 1, 100),
+            "fall": lambda node, what: self.whole(node, what, 1, 100),
         }
         keys = self.mapping(node, "policy", set(checks))
         return PolicySettings(**{key: checks[key](value, f"policy.{key}") for key, value in keys.items()})
@@ -359,6 +379,25 @@ class _Validator:
             return Targets()
         keys = self.mapping(node, "targets", {"dotenv", "claude_settings"})
         return Targets(**{key: self.paths(value, f"targets.{key}") for key, value in keys.items()})
+
+    def retention(self, node: yaml.Node | None) -> RetentionSettings:
+        if node is None:
+            return RetentionSettings()
+        keys = self.mapping(node, "retention", {"raw", "hourly"})
+        return RetentionSettings(**{key: self.duration(value, f"retention.{key}") for key, value in keys.items()})
+
+    def command(self, node: yaml.Node) -> tuple[str, ...]:
+        """A string is split like a shell would, but it is never run through one."""
+        if isinstance(node, yaml.SequenceNode):
+            argv = tuple(self.text(item, "on_switch entry") for item in node.value)
+        else:
+            try:
+                argv = tuple(shlex.split(self.text(node, "on_switch")))
+            except ValueError as exc:
+                raise self.fail(node, f"on_switch: {exc}") from None
+        if not argv:
+            raise self.fail(node, "on_switch must name a command")
+        return argv
 
     def paths(self, node: yaml.Node, what: str) -> tuple[Path, ...]:
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]

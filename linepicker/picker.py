@@ -81,27 +81,57 @@ class _Settled:
         return next(run.done for run in runs if run.line.name == verdict.chosen)
 
 
+async def measure(
+    config: Config,
+    store: Store,
+    kind: str,
+    lines: tuple[Line, ...] | None = None,
+    settled: probe.Settled | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> tuple[int, list[LineRun]]:
+    """Probe the lines (all active ones by default) and record every sample under a new round."""
+    lines = config.active_lines if lines is None else lines
+    line_ids = store.line_ids(lines)
+    round_id = store.start_round(kind)
+    runs = await probe.probe_round(lines, config.probe, config.api_key(), settled=settled, on_sample=on_sample)
+    for run in runs:
+        store.add_samples(round_id, line_ids, run.samples)
+    return round_id, runs
+
+
+def choose(config: Config, store: Store, stats: list[LineStats], round_id: int | None) -> tuple[Verdict, Decision | None]:
+    """Decide from per-line stats (in config order) and record the decision if the choice changed."""
+    previous = store.choice()
+    verdict = policy.decide(stats, previous.name if previous else None, config.policy, store.pinned())
+    chosen = _record_choice(config, store, verdict, previous, round_id)
+    if round_id is not None:
+        store.finish_round(round_id, verdict.chosen, verdict.reason)
+    return verdict, chosen
+
+
+def hand_out(config: Config, verdict: Verdict, chosen: Decision | None) -> tuple[list[targets.TargetResult], list[str]]:
+    """Bring the target files in line with a fresh choice; nothing is written when nothing is eligible."""
+    if chosen is None or verdict.chosen is None:
+        return [], []
+    return targets.write_targets(config.targets, chosen.url)
+
+
 async def run_round(
     config: Config,
     store: Store,
     kind: str,
-    choose: bool = True,
+    choose_line: bool = True,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> RoundResult:
+    """A one-shot round: `pick` when choosing (and stopping as soon as the choice is settled), `probe` when not."""
     started = time.perf_counter()
-    lines = config.active_lines
-    line_ids = store.line_ids(lines)
-    round_id = store.start_round(kind)
-    previous = store.choice()
-    current = previous.name if previous else None
-    pinned = store.pinned()
+    line_ids = store.line_ids(config.active_lines)
     history = store.window(line_ids, time.time() - config.policy.window)
-
-    settled = _Settled(config, history, current, pinned) if choose else None
-    runs = await probe.probe_round(lines, config.probe, config.api_key(), settled=settled, on_sample=on_sample)
-    for run in runs:
-        store.add_samples(round_id, line_ids, run.samples)
-
+    settled = None
+    if choose_line:
+        previous = store.choice()
+        settled = _Settled(config, history, previous.name if previous else None, store.pinned())
+    round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample)
     reports = [
         LineReport(
             run.line,
@@ -110,19 +140,15 @@ async def run_round(
         )
         for run in runs
     ]
-    elapsed = time.perf_counter() - started
-    if not choose:
+    if not choose_line:
         store.finish_round(round_id, None, "probe only")
-        return RoundResult(round_id, reports, elapsed)
-
-    verdict = policy.decide([r.stats for r in reports], current, config.policy, pinned)
-    chosen = _record_choice(config, store, verdict, previous, round_id)
-    store.finish_round(round_id, verdict.chosen, verdict.reason)
-    results, errors = targets.write_targets(config.targets, chosen.url) if chosen and verdict.chosen else ([], [])
-    return RoundResult(round_id, reports, elapsed, verdict, chosen, results, errors)
+        return RoundResult(round_id, reports, time.perf_counter() - started)
+    verdict, chosen = choose(config, store, [r.stats for r in reports], round_id)
+    results, errors = hand_out(config, verdict, chosen)
+    return RoundResult(round_id, reports, time.perf_counter() - started, verdict, chosen, results, errors)
 
 
-def _record_choice(config: Config, store: Store, verdict: Verdict, previous: Decision | None, round_id: int) -> Decision | None:
+def _record_choice(config: Config, store: Store, verdict: Verdict, previous: Decision | None, round_id: int | None) -> Decision | None:
     """Record a decision only when the chosen line (or its URL) differs from the one in force."""
     if verdict.chosen is None:
         return previous

@@ -1,0 +1,147 @@
+"""Real misbehaving servers on 127.0.0.1 for the tests: relay lines that are fast, slow,
+hanging, blocked, broken or rude, all running in one background event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+MODELS = {"object": "list", "data": [{"id": "gpt-4.1-mini", "object": "model", "owned_by": "relay"}]}
+AUTH_ERROR = {"error": {"message": "Invalid API key", "type": "invalid_request_error", "code": "invalid_api_key"}}
+BLOCK_PAGE = b"<!DOCTYPE html><html><head><title>Access Denied</title></head><body>Blocked in your region</body></html>"
+GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><center>502 Bad Gateway</center></body></html>"
+
+
+@dataclass
+class Behaviour:
+    """How one named line answers; tests change it mid-run."""
+
+    mode: str = "ok"  # ok, hang, html502, block, auth, ratelimit, flaky, error503, redirect
+    delay_ms: float = 0.0
+    key: str | None = None  # for mode auth: the key that is accepted
+    redirect_to: str | None = None
+    counter: int = 0
+
+
+@dataclass
+class Relay:
+    """One aiohttp server that plays many lines, each under /line/<name>."""
+
+    behaviours: dict[str, Behaviour] = field(default_factory=lambda: defaultdict(Behaviour))
+    requests: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
+    base: str = ""
+
+    def url(self, name: str, **behaviour: Any) -> str:
+        self.behaviours[name] = Behaviour(**behaviour)
+        return f"{self.base}/line/{name}"
+
+    def set(self, name: str, **behaviour: Any) -> None:
+        self.behaviours[name] = Behaviour(**behaviour)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.requests[name].append(dict(request.headers))
+        b = self.behaviours[name]
+        b.counter += 1
+        if b.delay_ms:
+            await asyncio.sleep(b.delay_ms / 1000)
+        if b.mode == "hang":
+            await asyncio.sleep(3600)
+        if b.mode == "html502":
+            return web.Response(status=502, body=GATEWAY_PAGE, content_type="text/html")
+        if b.mode == "block":
+            return web.Response(status=200, body=BLOCK_PAGE, content_type="text/html")
+        if b.mode == "error503":
+            return web.json_response({"error": {"message": "upstream down"}}, status=503)
+        if b.mode == "ratelimit":
+            return web.json_response({"error": {"message": "slow down"}}, status=429)
+        if b.mode == "flaky" and b.counter % 2 == 0:
+            return web.json_response({"error": {"message": "flaky"}}, status=503)
+        if b.mode == "redirect":
+            raise web.HTTPFound(b.redirect_to or "/")
+        if b.mode == "auth" and request.headers.get("Authorization") != f"Bearer {b.key}":
+            return web.json_response(AUTH_ERROR, status=401)
+        return web.json_response(MODELS)
+
+
+class ServerThread:
+    """An event loop in a daemon thread, so tests can run the CLI's own asyncio.run beside it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            self.run(cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+    def start_app(self, app: web.Application, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> int:
+        async def start() -> int:
+            runner = web.AppRunner(app, handler_cancellation=True)
+            await runner.setup()
+            site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
+            await site.start()
+            self.cleanups.append(runner.cleanup)
+            return runner.addresses[0][1]
+
+        return self.run(start())
+
+    def start_relay(self, ssl_context: ssl.SSLContext | None = None) -> Relay:
+        relay = Relay()
+        app = web.Application()
+        app.router.add_get("/line/{name}/v1/models", relay.handle)
+        port = self.start_app(app, ssl_context)
+        relay.base = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
+        return relay
+
+    def start_raw(self, on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> str:
+        """A bare TCP server for answers that are not HTTP at all."""
+
+        async def start() -> int:
+            server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+
+            async def close() -> None:
+                server.close()
+
+            self.cleanups.append(close)
+            return server.sockets[0].getsockname()[1]
+
+        return f"http://127.0.0.1:{self.run(start())}"
+
+
+async def send_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(1024)
+    writer.write(b"\x00\xff\x13garbage that is not HTTP\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def reset_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request, then abort with an RST rather than a clean FIN."""
+    await reader.read(1024)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def refused_url() -> str:
+    """A loopback port that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
