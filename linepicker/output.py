@@ -169,30 +169,44 @@ def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[
     return data
 
 
+def _table(title: str, headers: tuple[str, ...]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("", "line", "outcome", "last outcome") else "right")
+    return table
+
+
+def _notes(rows: list[tuple[str, str | None]]) -> None:
+    """Errors and reasons go under the table, where long text does not squeeze the columns."""
+    for name, text in rows:
+        if text:
+            stdout.print(f"  [bold]{escape(name)}[/]: {escape(text)}")
+
+
 def render_round(result: RoundResult, config: Config) -> None:
     chosen = result.verdict.chosen if result.verdict else None
-    table = Table(title=f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", title_justify="left")
-    for header in ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score"):
-        table.add_column(header, justify="right" if header in ("dns", "connect", "tls", "ttfb", "p50", "success", "score") else "left")
+    table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score"))
+    notes = []
     for report in result.lines:
         judgement = _judgement(result, report, config)
         phases = round_phases(report.samples)
-        style = "bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim")
         table.add_row(
             "▶" if report.line.name == chosen else "",
-            f"{report.line.name}\n[dim]{escape(report.line.url)}[/]",
-            escape(_outcomes(report.samples)) + (f"\n[dim]{escape(_last_error(report.samples) or '')}[/]" if _last_error(report.samples) else ""),
+            escape(report.line.name),
+            escape(_outcomes(report.samples)),
             _ms(phases.dns_ms),
             _ms(phases.connect_ms),
             _ms(phases.tls_ms),
             _ms(phases.ttfb_ms),
             _ms(report.stats.p50_ms),
             _rate(report.stats.success_rate),
-            _ms(judgement.score) if judgement.eligible else escape(judgement.why_not or "-"),
-            style=style,
+            _ms(judgement.score),
+            style="bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim"),
         )
+        notes.append((report.line.name, _last_error(report.samples) or judgement.why_not))
     stdout.print(table)
-    stdout.print("[dim]phases are this round's medians in ms; p50, success and score cover the policy window[/]")
+    _notes(notes)
+    stdout.print("[dim]phases: this round's medians in ms; p50, success and score: the policy window[/]")
     if result.verdict is None:
         return
     if result.no_eligible:
@@ -229,23 +243,24 @@ def status_json(status: Status, config: Config) -> dict[str, Any]:
 
 def render_status(status: Status) -> None:
     chosen = status.choice.name if status.choice else None
-    table = Table(title=f"last {status.window_s / 60:g} min", title_justify="left")
-    for header in ("", "line", "samples", "success", "p50", "p95", "score", "last outcome"):
-        table.add_column(header, justify="left" if header in ("", "line", "last outcome") else "right")
+    table = _table(f"last {status.window_s / 60:g} min", ("", "line", "samples", "success", "p50", "p95", "score", "last outcome"))
+    notes = []
     for entry in status.lines:
         last = entry.last or {}
         table.add_row(
             "▶" if entry.line.name == chosen else "",
-            f"{entry.line.name}\n[dim]{escape(entry.line.url)}[/]",
+            escape(entry.line.name),
             str(entry.stats.samples),
             _rate(entry.stats.success_rate),
             _ms(entry.stats.p50_ms),
             _ms(entry.stats.p95_ms),
-            _ms(entry.judgement.score) if entry.judgement.eligible else escape(entry.judgement.why_not or "-"),
-            escape(str(last.get("outcome", "never probed"))) + (f"\n[dim]{escape(last['error'])}[/]" if last.get("error") else ""),
-            style="bold green" if entry.line.name == chosen else "",
+            _ms(entry.judgement.score),
+            escape(str(last.get("outcome", "never probed"))),
+            style="bold green" if entry.line.name == chosen else ("" if entry.judgement.eligible else "dim"),
         )
+        notes.append((entry.line.name, last.get("error") or entry.judgement.why_not))
     stdout.print(table)
+    _notes(notes)
     if status.choice:
         stdout.print(
             f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {_when(status.choice.decided_at)}: {escape(status.choice.reason)}"
