@@ -28,6 +28,7 @@ class Line:
     name: str
     url: str
     proxy: str | None = None  # None: follow HTTPS_PROXY/NO_PROXY; "none": never use a proxy
+    insecure: bool = False  # skip certificate checks for this line only; never the default
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,12 @@ class _Validator:
             raise self.fail(node, f"{what} must be {rule}, got {value!r}")
         return number
 
+    def flag(self, node: yaml.Node, what: str) -> bool:
+        value = self.scalar(node, what)
+        if not isinstance(value, bool):
+            raise self.fail(node, f"{what} must be true or false, got {value!r}")
+        return value
+
     def duration(self, node: yaml.Node, what: str) -> float:
         return self.number(node, what, parse_duration, lambda v: True, "a positive duration")
 
@@ -320,7 +327,7 @@ class _Validator:
         seen: dict[str, int] = {}
         lines = []
         for item in node.value:
-            keys = self.mapping(item, "a line", {"name", "url", "proxy"})
+            keys = self.mapping(item, "a line", {"name", "url", "proxy", "insecure"})
             for required in ("name", "url"):
                 if required not in keys:
                     raise self.fail(item, f"a line needs '{required}:'")
@@ -332,7 +339,10 @@ class _Validator:
             seen[name] = keys["name"].start_mark.line + 1
             url = self.base_url(keys["url"])
             proxy = self.proxy(keys["proxy"]) if "proxy" in keys else None
-            lines.append(Line(name=name, url=url, proxy=proxy))
+            insecure = self.flag(keys["insecure"], "insecure") if "insecure" in keys else False
+            if insecure:
+                self.warn(keys["insecure"], f"line {name!r} has insecure: true: its certificate is NOT checked")
+            lines.append(Line(name=name, url=url, proxy=proxy, insecure=insecure))
         return tuple(lines)
 
     def base_url(self, node: yaml.Node) -> str:

@@ -148,7 +148,7 @@ def _judgement(result: RoundResult, report: LineReport, config: Config) -> Judge
 def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[str, Any]:
     lines = []
     for report in result.lines:
-        entry = {"name": report.line.name, "url": report.line.url}
+        entry = {"name": report.line.name, "url": report.line.url, "insecure": report.line.insecure}
         entry.update(_stats_json(report.stats, _judgement(result, report, config)))
         entry["error"] = _last_error(report.samples)
         entry["outcomes"] = [s.outcome for s in report.samples]
@@ -192,7 +192,7 @@ def render_round(result: RoundResult, config: Config) -> None:
         phases = round_phases(report.samples)
         table.add_row(
             "▶" if report.line.name == chosen else "",
-            escape(report.line.name),
+            escape(report.line.name) + (" [bold red](insecure)[/]" if report.line.insecure else ""),
             escape(_outcomes(report.samples)),
             _ms(phases.dns_ms),
             _ms(phases.connect_ms),

@@ -139,10 +139,17 @@ class _TimedSSLContext(ssl.SSLContext):
         return super().wrap_bio(*args, **kwargs)
 
 
-def make_ssl_context() -> ssl.SSLContext:
-    """Verified TLS as the OpenAI SDK does it: system store, SSL_CERT_FILE/SSL_CERT_DIR honoured."""
+def make_ssl_context(verify: bool = True) -> ssl.SSLContext:
+    """Verified TLS as the OpenAI SDK does it: system store, SSL_CERT_FILE/SSL_CERT_DIR honoured.
+
+    `verify=False` exists only for lines the user marked `insecure: true`.
+    """
     context = _TimedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_default_certs()
+    if verify:
+        context.load_default_certs()
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -407,10 +414,13 @@ async def probe_round(
     Lines cut short get one 'unfinished' sample so the record shows they were
     not waited for, rather than pretending they failed.
     """
-    ssl_context = make_ssl_context()
+    contexts = {verify: make_ssl_context(verify) for verify in {not line.insecure for line in lines}}
     limit = asyncio.Semaphore(settings.concurrency)
     runs = [LineRun(line) for line in lines]
-    tasks = {asyncio.ensure_future(probe_line(run, settings, key, ssl_context, limit, on_sample)): run for run in runs}
+    tasks = {
+        asyncio.ensure_future(probe_line(run, settings, key, contexts[not run.line.insecure], limit, on_sample)): run
+        for run in runs
+    }
     pending = set(tasks)
     try:
         while pending:

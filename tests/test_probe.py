@@ -161,3 +161,13 @@ def test_https_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(relay
     assert bypassed.outcome == "ok"
     [line_says_none] = probe(relay.url("p3"), proxy="none")
     assert line_says_none.outcome == "ok"
+
+
+def test_insecure_line_skips_certificate_checks_only_when_asked(tls_relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent-ca.pem")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    settings = ProbeSettings(timeout=2, samples=1)
+    lines = [Line("checked", tls_relay.url("checked")), Line("unchecked", tls_relay.url("unchecked"), insecure=True)]
+    runs = asyncio.run(probe_round(lines, settings, None))
+    assert [run.samples[0].outcome for run in runs] == ["tls", "ok"]
+    assert runs[1].samples[0].phases.tls_ms is not None
