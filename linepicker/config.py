@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -137,7 +137,8 @@ def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Con
         try:
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
     try:
         loader = yaml.SafeLoader(data)
         try:
@@ -148,6 +149,10 @@ def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Con
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:
+        # Its str() spans two lines and names "<unicode string>", not the file.
+        line = data.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{path}:{line}: invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     return _Validator(path, origin).config(root)
@@ -210,8 +215,13 @@ class _Validator:
         loader = yaml.SafeLoader("")
         try:
             return loader.construct_object(node)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            raise self.fail(node, f"{what}: {exc}") from None
+        except yaml.MarkedYAMLError as exc:
+            # Only the problem: str(exc) adds a multi-line excerpt of "<unicode string>".
+            raise self.fail(node, f"{what}: {exc.problem}") from None
+        except Exception:
+            # PyYAML's constructors index, look up and regex-match tagged text without checking it
+            # first (`!!timestamp x`, `!!bool x`, `!!int ''`), so any failure is a malformed value.
+            raise self.fail(node, f"{what}: {node.value!r} is not a valid {node.tag} value") from None
         finally:
             loader.dispose()
 
@@ -227,7 +237,7 @@ class _Validator:
             raise self.fail(node, f"{what} must be {rule}, got {value!r}")
         try:
             number = convert(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: float() of a 400-digit int
             raise self.fail(node, f"{what} must be {rule}: {exc}") from None
         if not check(number):
             raise self.fail(node, f"{what} must be {rule}, got {value!r}")
@@ -258,7 +268,7 @@ class _Validator:
 
     def config(self, root: yaml.Node | None) -> Config:
         if root is None:
-            raise self.fail(None, "the config is empty: it needs at least a 'lines:' list")
+            raise ConfigError(f"{self.path}:1: the config is empty: it needs at least a 'lines:' list")
         top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch"})
         if "lines" not in top:
             raise self.fail(root, "missing 'lines:': list the relay's BaseURLs there")
@@ -347,7 +357,7 @@ class _Validator:
 
     def base_url(self, node: yaml.Node) -> str:
         raw = self.text(node, "url")
-        parts = urlsplit(raw)
+        parts = self.split_url(node, raw, "url")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail(node, f"url must be an http:// or https:// address, got {raw!r}")
         if parts.query or parts.fragment or parts.username or parts.password:
@@ -362,11 +372,18 @@ class _Validator:
             self.warn(node, f"url {raw!r} ends in /v1: using {parts.scheme}://{parts.netloc}{path} (linepicker adds /v1 where a client needs it)")
         return f"{parts.scheme}://{parts.netloc}{path}"
 
+    def split_url(self, node: yaml.Node, raw: str, what: str) -> SplitResult:
+        """urlsplit raises ValueError on text such as 'http://[::1' (an unclosed IPv6 bracket)."""
+        try:
+            return urlsplit(raw)
+        except ValueError as exc:
+            raise self.fail(node, f"{what} is not a valid address ({exc}): {raw!r}") from None
+
     def proxy(self, node: yaml.Node) -> str:
         raw = self.text(node, "proxy")
         if raw.lower() == "none":
             return "none"
-        parts = urlsplit(raw)
+        parts = self.split_url(node, raw, "proxy")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail(node, f"proxy must be an http:// proxy URL or 'none', got {raw!r}")
         return raw

@@ -37,6 +37,13 @@ class Decision:
     decided_at: float
 
 
+@dataclass(frozen=True)
+class RollUp:
+    samples: int  # raw samples folded into hourly rows and deleted
+    hours: int  # hourly rows written or merged
+    rounds: int  # rounds deleted because none of their samples is left
+
+
 def default_db_path() -> Path:
     import platformdirs
 
@@ -115,8 +122,29 @@ def _migration_1(db: "sqlite_utils.Database") -> None:
     db["state"].create({"key": str, "value": str}, pk="key")
 
 
+def _migration_2(db: "sqlite_utils.Database") -> None:
+    """Hourly per-line aggregates that outlive the raw samples they summarise (daemon retention)."""
+    db["hourly"].create(
+        {
+            "line_id": int,
+            "hour": float,  # unix time of the hour's start
+            "samples": int,  # finished samples
+            "successes": int,
+            "ttfb_p50_ms": float,  # of the successful samples
+            "ttfb_p95_ms": float,
+            "ttfb_min_ms": float,
+            "ttfb_max_ms": float,
+            "outcomes": str,  # JSON object: outcome -> count, unfinished samples included
+        },
+        pk=("line_id", "hour"),
+        foreign_keys=[("line_id", "lines", "id")],
+    )
+    db["samples"].create_index(["started_at"])
+
+
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
+    ("0002_hourly", _migration_2),
 ]
 
 
@@ -280,3 +308,118 @@ class Store:
             self._write(lambda: self.db.execute("delete from state where key = 'pinned'"))
         else:
             self._write(lambda: self.db["state"].upsert({"key": "pinned", "value": name}, pk="key"))
+
+    def samples_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[float, bool, float | None]]]:
+        """Finished samples per line since a time: (started_at, success, ttfb_ms), oldest first, for charts over time."""
+        names = {line_id: name for name, line_id in line_ids.items()}
+        result: dict[str, list[tuple[float, bool, float | None]]] = {name: [] for name in line_ids}
+        if not names:
+            return result
+        marks = ",".join("?" * len(names))
+        rows = self.db.execute(
+            f"select line_id, started_at, success, ttfb_ms from samples where line_id in ({marks}) and started_at >= ? "
+            "and success is not null order by started_at",
+            [*names, since],
+        )
+        for line_id, started_at, success, ttfb in rows:
+            result[names[line_id]].append((started_at, bool(success), ttfb))
+        return result
+
+    def finish_abandoned_rounds(self, kinds: Sequence[str], reason: str) -> int:
+        """Close rounds of these kinds that never finished (cancelled or crashed), so none looks still running."""
+        marks = ",".join("?" * len(kinds))
+        cursor = self._write(
+            lambda: self.db.execute(
+                f"update rounds set finished_at = ?, reason = ? where finished_at is null and kind in ({marks})",
+                [time.time(), reason, *kinds],
+            )
+        )
+        return cursor.rowcount  # type: ignore[attr-defined]
+
+    def roll_up(self, before: float) -> RollUp:
+        """Fold raw samples from whole hours before `before` into hourly rows, then delete them.
+
+        Only whole hours are folded, so an hour's percentiles come from all of its
+        samples at once; an hour that somehow gains samples later is merged into
+        its row (counts exactly, percentiles as a sample-weighted mean).
+        """
+        cutoff = before - before % 3600
+        rows = self.db.execute(
+            "select line_id, started_at - started_at % 3600, success, ttfb_ms, outcome from samples "
+            "where started_at < ? order by line_id, started_at",
+            [cutoff],
+        ).fetchall()
+        hours: dict[tuple[int, float], list[tuple[int | None, float | None, str]]] = {}
+        for line_id, hour, success, ttfb, outcome in rows:
+            hours.setdefault((line_id, hour), []).append((success, ttfb, outcome))
+
+        def apply() -> RollUp:
+            for (line_id, hour), samples in hours.items():
+                self._merge_hour(_hour_row(line_id, hour, samples))
+            self.db.execute("delete from samples where started_at < ?", [cutoff])
+            gone = self.db.execute(
+                "delete from rounds where started_at < ? and not exists (select 1 from samples where samples.round_id = rounds.id)",
+                [cutoff],
+            ).rowcount
+            return RollUp(len(rows), len(hours), gone)
+
+        return self._write(apply)  # type: ignore[return-value]
+
+    def _merge_hour(self, row: dict) -> None:
+        old = self.db.execute(
+            "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
+            "where line_id = ? and hour = ?",
+            [row["line_id"], row["hour"]],
+        ).fetchone()
+        if old is not None:
+            row = _merged_hour(row, old)
+        self.db["hourly"].upsert(row, pk=("line_id", "hour"))
+
+    def prune_hourly(self, before: float) -> int:
+        """Delete hourly rows older than `before`: the end of the record, so the file stays bounded."""
+        return self._write(lambda: self.db.execute("delete from hourly where hour < ?", [before]).rowcount)  # type: ignore[return-value]
+
+
+def _hour_row(line_id: int, hour: float, samples: list[tuple[int | None, float | None, str]]) -> dict:
+    import json
+
+    from .policy import percentile
+
+    latencies = [ttfb for success, ttfb, _ in samples if success and ttfb is not None]
+    outcomes: dict[str, int] = {}
+    for _, _, outcome in samples:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return {
+        "line_id": line_id,
+        "hour": hour,
+        "samples": sum(1 for success, _, _ in samples if success is not None),
+        "successes": sum(1 for success, _, _ in samples if success),
+        "ttfb_p50_ms": percentile(latencies, 0.5),
+        "ttfb_p95_ms": percentile(latencies, 0.95),
+        "ttfb_min_ms": min(latencies, default=None),
+        "ttfb_max_ms": max(latencies, default=None),
+        "outcomes": json.dumps(outcomes, sort_keys=True),
+    }
+
+
+def _merged_hour(new: dict, old: tuple) -> dict:
+    import json
+
+    samples, successes, p50, p95, low, high, outcomes = old
+    merged = dict(new)
+    merged["samples"] = new["samples"] + samples
+    merged["successes"] = new["successes"] + successes
+
+    def weighted(key: str, old_value: float | None) -> float | None:
+        pairs = [(v, n) for v, n in ((new[key], new["successes"]), (old_value, successes)) if v is not None and n]
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs) if pairs else None
+
+    merged["ttfb_p50_ms"] = weighted("ttfb_p50_ms", p50)
+    merged["ttfb_p95_ms"] = weighted("ttfb_p95_ms", p95)
+    merged["ttfb_min_ms"] = min((v for v in (new["ttfb_min_ms"], low) if v is not None), default=None)
+    merged["ttfb_max_ms"] = max((v for v in (new["ttfb_max_ms"], high) if v is not None), default=None)
+    counts = json.loads(outcomes)
+    for outcome, count in json.loads(new["outcomes"]).items():
+        counts[outcome] = counts.get(outcome, 0) + count
+    merged["outcomes"] = json.dumps(counts, sort_keys=True)
+    return merged

@@ -51,7 +51,7 @@ def _export_line(name: str, value: str, shell: str) -> str:
     if shell in ("bash", "zsh"):
         return f"export {name}={_posix_quote(value)}"
     if shell == "fish":
-        return f"set -gx {name} {_posix_quote(value)};"
+        return f"set -gx {name} {_fish_quote(value)};"
     if shell == "powershell":
         return f"$env:{name} = '{value.replace(chr(39), chr(39) * 2)}'"
     if shell == "cmd":
@@ -61,6 +61,11 @@ def _export_line(name: str, value: str, shell: str) -> str:
 
 def _posix_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _fish_quote(value: str) -> str:
+    """fish reads \\ and \\' as escapes even inside single quotes, so POSIX quoting would mangle a backslash."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def detect_shell() -> str:
@@ -97,7 +102,7 @@ def render_dotenv(text: str, values: dict[str, str]) -> str:
         match = _DOTENV_LINE.match(body)
         if match and match.group(2) in values:
             prefix, name, equals, old = match.groups()
-            out.append(f"{prefix}{name}{equals}{_dotenv_value(values[name], old)}{ending}")
+            out.append(f"{prefix}{name}{equals}{_dotenv_value(values[name], old)}{_dotenv_comment(old)}{ending}")
             seen.add(name)
         else:
             out.append(line)
@@ -107,6 +112,15 @@ def render_dotenv(text: str, values: dict[str, str]) -> str:
             out.append(newline)
         out.extend(f"{name}={_dotenv_value(values[name], '')}{newline}" for name in missing)
     return "".join(out)
+
+
+_DOTENV_COMMENT = re.compile(r"""\s*("(?:\\.|[^"\\])*"|'[^']*')?.*?(\s+#.*)?$""")
+
+
+def _dotenv_comment(old: str) -> str:
+    """A ' # note' after the old value is the user's own text, so it stays after the new value."""
+    match = _DOTENV_COMMENT.match(old)
+    return (match.group(2) or "") if match else ""
 
 
 def _dotenv_value(value: str, old: str) -> str:
@@ -176,6 +190,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     except FileNotFoundError:
         info = None
         mode = NEW_FILE_MODE
+    except OSError as exc:  # a parent that is a file, a symlink loop: this target fails, the others go on
+        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)

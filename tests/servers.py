@@ -4,6 +4,7 @@ hanging, blocked, broken or rude, all running in one background event loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import struct
@@ -145,3 +146,144 @@ def refused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# --- Hostile servers (issue 4): raw handlers that misbehave in one precise way each. ---
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+MODELS_BODY = json.dumps(MODELS).encode()
+
+
+def start_raw_server(
+    server: ServerThread, handler: RawHandler, ssl_context: ssl.SSLContext | None = None, backlog: int = 100
+) -> str:
+    """Like ServerThread.start_raw, with TLS and a listen backlog for many simultaneous connects."""
+
+    async def start() -> int:
+        listener = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl_context, backlog=backlog)
+
+        async def close() -> None:
+            listener.close()
+
+        server.cleanups.append(close)
+        return listener.sockets[0].getsockname()[1]
+
+    return f"{'https' if ssl_context else 'http'}://127.0.0.1:{server.run(start())}"
+
+
+def never_accepting_url(server: ServerThread) -> str:
+    """A socket that listens but never accept()s: the kernel completes the handshake, nobody answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+
+    async def close() -> None:
+        sock.close()
+
+    server.cleanups.append(close)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """Read the request head, so that no reply races the request it answers."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return b""
+
+
+async def hold_until_closed(reader: asyncio.StreamReader) -> None:
+    """Keep the connection open until the client gives up, so the client's deadline is what ends it."""
+    try:
+        while await reader.read(65536):
+            pass
+    except ConnectionError:
+        pass
+
+
+def head(status: str = "200 OK", version: str = "HTTP/1.1", **fields: str | int) -> bytes:
+    """A response head; keyword names become header names (content_type -> Content-Type)."""
+    lines = [f"{version} {status}"] + [f"{name.replace('_', '-').title()}: {value}" for name, value in fields.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def replies(raw: bytes, close: str = "fin") -> RawHandler:
+    """Answer every request with exactly these bytes, then close with a FIN, or 'hold' the connection open."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            if close == "hold":
+                await hold_until_closed(reader)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts, reads the request, says nothing."""
+    await read_request(reader)
+    await hold_until_closed(reader)
+    writer.close()
+
+
+def drips(raw: bytes, interval: float = 1.0) -> RawHandler:
+    """Send the answer one byte per interval: every read succeeds, the answer never completes in time."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        try:
+            for byte in raw:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(interval)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+def streams_forever(first: bytes, chunk: bytes, chunked: bool = False) -> RawHandler:
+    """Send `first`, then `chunk` again and again (as HTTP chunks if asked) until the client leaves."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        piece = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk
+        try:
+            writer.write(first)
+            while True:
+                writer.write(piece)
+                await writer.drain()  # bounded on this side too: waits while the client does not read
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+def resets_after(raw: bytes) -> RawHandler:
+    """Send part of an answer, then abort the connection with an RST instead of a FIN."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # let the partial body arrive before the RST does
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    return handler
+
+
+def redirects(status: int, location: str) -> RawHandler:
+    """Answer with a redirect; a relative location pointing at itself makes a loop."""
+    return replies(head(f"{status} Redirect", location=location, content_length=0, connection="close"))
