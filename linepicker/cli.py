@@ -239,5 +239,88 @@ def unpin(db_path: str | None) -> None:
     click.echo(f"unpinned {was}" if was else "nothing was pinned")
 
 
+@cli.command()
+@_config_option
+@_db_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:9137",
+    show_default=True,
+    help="Where to serve the status page, /api/status, /metrics and /healthz; 'off' serves nothing.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@_fails_cleanly
+def daemon(config_path: str | None, db_path: str | None, listen: str, log_level: str) -> None:
+    """Keep probing in the background and keep the choice and the targets fresh.
+
+    One daemon per database; `pick`, `status` and `env` keep working beside it.
+    SIGTERM or SIGINT stops it, SIGHUP reloads the config.
+
+    \b
+    Example:
+        linepicker daemon --listen 127.0.0.1:9137 &
+        curl -s 127.0.0.1:9137/api/status | jq .chosen
+    """
+    from .daemon import Options, run
+    from .web import parse_listen
+
+    run(Options(config_path, db_path, None if listen == "off" else parse_listen(listen), log_level))
+
+
+@cli.group()
+def service() -> None:
+    """Run the daemon as a user service (systemd on Linux, launchd on macOS).
+
+    \b
+    Example:
+        linepicker service install && systemctl --user enable --now linepicker
+    """
+
+
+@service.command("install")
+@_config_option
+@_db_option
+@click.option("--listen", default="127.0.0.1:9137", show_default=True, help="Passed to the daemon.")
+@_json_option
+@_fails_cleanly
+def service_install(config_path: str | None, db_path: str | None, listen: str, as_json: bool) -> None:
+    """Write the user service that runs `linepicker daemon` with this config and database.
+
+    \b
+    Example:
+        linepicker service install --config ~/relay/lines.yaml
+    """
+    from . import output
+    from .service import install
+    from .web import parse_listen
+
+    parse_listen(listen)
+    config = _load(config_path)
+    unit = install(config.source, _db_path(db_path), listen)
+    output.service_installed(unit, as_json)
+
+
+@service.command("uninstall")
+@_json_option
+@_fails_cleanly
+def service_uninstall(as_json: bool) -> None:
+    """Remove the user service file that `service install` wrote.
+
+    \b
+    Example:
+        systemctl --user disable --now linepicker && linepicker service uninstall
+    """
+    from . import output
+    from .service import uninstall
+
+    output.service_removed(uninstall(), as_json)
+
+
+def _db_path(db_path: str | None) -> Any:
+    from .store import resolve_db_path
+
+    return resolve_db_path(db_path).resolve()
+
+
 def main() -> None:
     cli()

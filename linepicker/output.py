@@ -79,7 +79,7 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def _when(timestamp: float | None) -> str | None:
+def when(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
@@ -106,7 +106,7 @@ def _last_error(samples: list[Sample]) -> str | None:
 def _sample_json(sample: Sample) -> dict[str, Any]:
     return {
         "seq": sample.seq,
-        "started_at": _when(sample.started_at),
+        "started_at": when(sample.started_at),
         "outcome": sample.outcome,
         "success": sample.success,
         "status": sample.status,
@@ -135,7 +135,7 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "url": decision.url,
         "previous": decision.previous,
         "reason": decision.reason,
-        "decided_at": _when(decision.decided_at),
+        "decided_at": when(decision.decided_at),
     }
 
 
@@ -228,7 +228,7 @@ def status_json(status: Status, config: Config) -> dict[str, Any]:
         item.update(_stats_json(entry.stats, entry.judgement))
         item["last_outcome"] = entry.last["outcome"] if entry.last else None
         item["error"] = entry.last["error"] if entry.last else None
-        item["last_probed_at"] = _when(entry.last["at"]) if entry.last else None
+        item["last_probed_at"] = when(entry.last["at"]) if entry.last else None
         lines.append(item)
     return {
         "config": str(config.source),
@@ -263,9 +263,28 @@ def render_status(status: Status) -> None:
     _notes(notes)
     if status.choice:
         stdout.print(
-            f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {_when(status.choice.decided_at)}: {escape(status.choice.reason)}"
+            f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {when(status.choice.decided_at)}: {escape(status.choice.reason)}"
         )
     else:
         stdout.print("No line chosen yet: run [bold]linepicker pick[/].")
     if status.pinned:
         stdout.print(f"[yellow]pinned by hand to {escape(status.pinned)}[/] (linepicker unpin to let the policy choose)")
+
+
+def service_installed(unit: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {"kind": unit.kind, "path": str(unit.path), "changed": unit.changed, "env_file": str(unit.env_file) if unit.env_file else None, "next_steps": list(unit.next_steps)}
+        )
+        return
+    stdout.print(f"{'wrote' if unit.changed else 'already current'}: {escape(str(unit.path))} ({unit.kind})")
+    stdout.print("next:")
+    for step in unit.next_steps:
+        stdout.print(f"  {escape(step)}")
+
+
+def service_removed(path: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({"removed": str(path) if path else None})
+    else:
+        stdout.print(f"removed {escape(str(path))}" if path else "no linepicker service file was installed")

@@ -1,0 +1,130 @@
+"""What a running daemon knows beyond the database: rise/fall health, the last round's phases, counters.
+
+The daemon is the only writer; the web side reads it on the same event loop,
+so no lock is needed. Everything a person or Prometheus sees is derived here,
+so the page, /api/status and /metrics cannot disagree with each other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from . import picker, policy
+from .config import Config, Line
+from .output import round_phases
+from .policy import LineStats
+from .probe import LineRun, Phases
+from .store import Store
+
+FULL = "daemon"  # round kinds, as recorded in the rounds table
+RECHECK = "daemon-recheck"
+
+
+@dataclass(frozen=True)
+class Health:
+    """HAProxy-style rise/fall: a state flips only after enough consecutive rounds against it."""
+
+    up: bool = True
+    streak: int = 0  # consecutive rounds against the current state: failures while up, successes while down
+
+    def after(self, good: bool, rise: int, fall: int) -> "Health":
+        if good == self.up:
+            return Health(self.up, 0)
+        streak = self.streak + 1
+        if streak >= (fall if self.up else rise):
+            return Health(not self.up)
+        return Health(self.up, streak)
+
+    @property
+    def steady(self) -> bool:
+        """Fully healthy: up with no failure pending. Anything else is re-checked on the fast schedule."""
+        return self.up and self.streak == 0
+
+    def label(self, rise: int, fall: int) -> str:
+        if self.up:
+            return f"failing {self.streak}/{fall}" if self.streak else "up"
+        return f"rising {self.streak}/{rise}" if self.streak else "down"
+
+
+@dataclass(frozen=True)
+class Transition:
+    line: str
+    up: bool  # the new state
+    rounds: int  # consecutive rounds that made it flip
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class LineView:
+    """One line as the daemon sees it now: the policy's figures plus rise/fall and the last round."""
+
+    status: picker.LineStatus
+    health: Health
+    state: str  # up, down, failing 1/3, rising 1/2
+    phases: Phases | None  # medians of the latest round that probed the line
+
+
+@dataclass
+class LiveState:
+    config: Config
+    store: Store
+    health: dict[str, Health] = field(default_factory=dict)
+    phases: dict[str, Phases] = field(default_factory=dict)
+    rounds: Counter[str] = field(default_factory=Counter)
+    switches: int = 0
+    last_round_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def health_of(self, name: str) -> Health:
+        return self.health.get(name, Health())
+
+    def unsteady_lines(self) -> tuple[Line, ...]:
+        return tuple(line for line in self.config.active_lines if not self.health_of(line.name).steady)
+
+    def record(self, kind: str, runs: list[LineRun]) -> list[Transition]:
+        """Fold a finished round into health and counters; returns the lines whose state flipped."""
+        rise, fall = self.config.policy.rise, self.config.policy.fall
+        flips = []
+        for run in runs:
+            before = self.health_of(run.line.name)
+            after = before.after(picker.round_up(run.samples), rise, fall)
+            self.health[run.line.name] = after
+            self.phases[run.line.name] = round_phases(run.samples)
+            if after.up != before.up:
+                last_error = next((s.error for s in reversed(run.samples) if s.error), None)
+                flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))
+        self.rounds[kind] += 1
+        self.last_round_at = time.time()
+        return flips
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config keeps the health of lines it still has; new lines start up."""
+        names = {line.name for line in config.active_lines}
+        self.health = {name: h for name, h in self.health.items() if name in names}
+        self.phases = {name: p for name, p in self.phases.items() if name in names}
+        self.config = config
+
+    def stats(self) -> list[LineStats]:
+        """Window figures in config order, with `up` from rise/fall rather than the latest round alone."""
+        config = self.config
+        line_ids = self.store.line_ids(config.active_lines)
+        window = self.store.window(line_ids, time.time() - config.policy.window)
+        return [policy.summarize(line.name, window[line.name], self.health_of(line.name).up) for line in config.active_lines]
+
+    def status(self) -> picker.Status:
+        """picker.status, judged with the daemon's rise/fall verdicts."""
+        report = picker.status(self.config, self.store)
+        lines = []
+        for entry in report.lines:
+            stats = replace(entry.stats, up=self.health_of(entry.line.name).up)
+            lines.append(replace(entry, stats=stats, judgement=policy.judge(stats, self.config.policy)))
+        return replace(report, lines=lines)
+
+    def views(self, status: picker.Status) -> list[LineView]:
+        rise, fall = self.config.policy.rise, self.config.policy.fall
+        return [
+            LineView(entry, self.health_of(entry.line.name), self.health_of(entry.line.name).label(rise, fall), self.phases.get(entry.line.name))
+            for entry in status.lines
+        ]

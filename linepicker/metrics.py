@@ -1,0 +1,76 @@
+"""Prometheus metrics of a running daemon, read from its live state at scrape time.
+
+A collector rather than Gauge objects updated by the daemon, so a line removed
+by a config reload disappears from the exposition instead of lingering with its
+last value. Its own CollectorRegistry keeps it apart from anything else in the
+process (tests run several daemons in one interpreter).
+
+Latency per phase is exported as gauges of the latest round's medians, not as
+histograms: a round is already a small batch of samples, its median is what the
+page shows, and Prometheus scraping several vantage points compares them with
+plain `max by (line)` or `avg_over_time`. The window's p50/p95 time to first
+byte, which the policy judges by, is exported beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .live import FULL, RECHECK, LiveState
+from .output import PHASES
+
+class LiveCollector:
+    def __init__(self, live: LiveState):
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.live
+        status = live.status()
+        views = live.views(status)
+        chosen = status.choice.name if status.choice else None
+
+        up = GaugeMetricFamily("linepicker_line_up", "1 if the line is up by rise/fall, else 0.", labels=["line"])
+        eligible = GaugeMetricFamily("linepicker_line_eligible", "1 if the policy may choose the line now, else 0.", labels=["line"])
+        chosen_gauge = GaugeMetricFamily("linepicker_line_chosen", "1 for the line in force, 0 for the others.", labels=["line"])
+        ratio = GaugeMetricFamily("linepicker_line_success_ratio", "Share of successful samples in the policy window.", labels=["line"])
+        window = GaugeMetricFamily(
+            "linepicker_line_ttfb_window_seconds", "Time to first byte of successful samples over the policy window.", labels=["line", "quantile"]
+        )
+        phases = GaugeMetricFamily(
+            "linepicker_line_phase_seconds", "Median of each request phase in the latest round that probed the line.", labels=["line", "phase"]
+        )
+        for view in views:
+            name = view.status.line.name
+            stats = view.status.stats
+            up.add_metric([name], float(view.health.up))
+            eligible.add_metric([name], float(view.status.judgement.eligible))
+            chosen_gauge.add_metric([name], float(name == chosen))
+            if stats.success_rate is not None:
+                ratio.add_metric([name], stats.success_rate)
+            for quantile, value in (("0.5", stats.p50_ms), ("0.95", stats.p95_ms)):
+                if value is not None:
+                    window.add_metric([name, quantile], value / 1000)
+            for phase in PHASES:
+                value = getattr(view.phases, phase) if view.phases else None
+                if value is not None:
+                    phases.add_metric([name, phase.removesuffix("_ms")], value / 1000)
+        yield from (up, eligible, chosen_gauge, ratio, window, phases)
+
+        rounds = CounterMetricFamily("linepicker_rounds", "Probe rounds run by this daemon.", labels=["kind"])
+        rounds.add_metric(["full"], live.rounds[FULL])
+        rounds.add_metric(["recheck"], live.rounds[RECHECK])
+        yield rounds
+        switches = CounterMetricFamily("linepicker_switches", "Changes of the chosen line made by this daemon.")
+        switches.add_metric([], live.switches)
+        yield switches
+        if live.last_round_at is not None:
+            yield GaugeMetricFamily("linepicker_last_round_timestamp_seconds", "Unix time the latest round finished.", value=live.last_round_at)
+
+
+def registry(live: LiveState) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(LiveCollector(live))  # type: ignore[arg-type]
+    return registry

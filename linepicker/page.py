@@ -1,0 +1,209 @@
+"""The status page: one self-contained HTML document a person understands at a glance.
+
+Rendered on the server with inline CSS and SVG, no script and no external
+resource, so it works on a machine without network and in any browser; a
+meta refresh keeps it current.
+"""
+
+from __future__ import annotations
+
+import html
+import socket
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from .chart import LOSS_COLOURS
+from .live import LineView
+from .picker import Status
+from .probe import Phases
+from .store import Decision
+
+
+@dataclass(frozen=True)
+class Page:
+    status: Status
+    views: list[LineView]
+    charts: dict[str, str]  # line name -> inline SVG
+    config_source: str
+    db_path: str
+    rounds: int
+    last_round_at: float | None
+    refresh_s: int
+    now: float
+
+
+def render(page: Page) -> str:
+    chosen = page.status.choice.name if page.status.choice else None
+    cards = "".join(_card(view, view.status.line.name == chosen, page.charts.get(view.status.line.name, "")) for view in page.views)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{page.refresh_s}">
+<title>{html.escape(_title(page))}</title>
+<style>{CSS}</style></head>
+<body><main>
+<header><h1>linepicker</h1><p class="muted">{html.escape(socket.gethostname())} · updated {_clock(page.now)}
+ · {_last_round(page)} · refreshes every {page.refresh_s} s</p></header>
+{_choice(page.status, page.now)}
+<section class="lines">{cards}</section>
+{_legend()}
+{_decisions(page.status.decisions, page.now)}
+<footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {page.rounds} rounds since start ·
+<a href="api/status">/api/status</a> · <a href="metrics">/metrics</a> · linepicker {__version__}</footer>
+</main></body></html>
+"""
+
+
+def _title(page: Page) -> str:
+    choice = page.status.choice
+    return f"linepicker: {choice.name}" if choice else "linepicker: no line chosen"
+
+
+def _last_round(page: Page) -> str:
+    if page.last_round_at is None:
+        return "first round running"
+    return f"last round {_ago(page.last_round_at, page.now)}"
+
+
+def _choice(status: Status, now: float) -> str:
+    choice = status.choice
+    if choice is None:
+        return '<section class="choice none"><h2>No line chosen yet</h2><p>The first round is still running.</p></section>'
+    pinned = '<span class="badge warn">pinned by hand</span>' if status.pinned else ""
+    since = f"Switched from <b>{html.escape(choice.previous)}</b>" if choice.previous else "Chosen"
+    return f"""<section class="choice"><div class="label">Chosen line</div>
+<h2>{html.escape(choice.name)} {pinned}</h2><div class="url">{html.escape(choice.url)}</div>
+<p class="why">{since} {_ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
+
+
+def _card(view: LineView, chosen: bool, chart: str) -> str:
+    entry = view.status
+    stats = entry.stats
+    state_class = "ok" if view.health.steady else ("bad" if not view.health.up else "warn")
+    badges = f'<span class="badge {state_class}">{html.escape(view.state)}</span>'
+    if chosen:
+        badges = '<span class="badge chosen">chosen</span>' + badges
+    verdict = (
+        f"score {entry.judgement.score:.1f} ms" if entry.judgement.eligible and entry.judgement.score is not None
+        else f"not eligible: {entry.judgement.why_not}"
+    )
+    last = entry.last or {}
+    outcome = html.escape(str(last.get("outcome", "never probed")))
+    error = f' <span class="error">{html.escape(last["error"])}</span>' if last.get("error") else ""
+    return f"""<article class="card{' is-chosen' if chosen else ''}">
+<div class="head"><h3>{html.escape(entry.line.name)}</h3>{badges}</div>
+<div class="url">{html.escape(entry.line.url)}</div>
+<dl class="figures">{_figure("p50", _ms(stats.p50_ms))}{_figure("p95", _ms(stats.p95_ms))}
+{_figure("success", _rate(stats.success_rate))}{_figure("samples", str(stats.samples))}</dl>
+<p class="verdict{'' if entry.judgement.eligible else ' muted'}">{html.escape(verdict)}</p>
+<p class="phases">last round: {_phases(view.phases)} · <span class="outcome">{outcome}</span>{error}</p>
+{chart}</article>"""
+
+
+def _figure(name: str, value: str) -> str:
+    return f"<div><dt>{name}</dt><dd>{value}</dd></div>"
+
+
+def _phases(phases: Phases | None) -> str:
+    if phases is None:
+        return "not probed by this daemon yet"
+    parts = [(label, getattr(phases, f"{label}_ms")) for label in ("dns", "connect", "tls", "ttfb", "total")]
+    return " · ".join(f"{label} {value:.0f} ms" for label, value in parts if value is not None) or "no phase reached"
+
+
+def _legend() -> str:
+    swatches = "".join(f'<span><i style="background:{colour}"></i>median, {words}</span>' for _, colour, words in LOSS_COLOURS)
+    return f"""<p class="legend muted">Charts: time to first byte over the last 24 h in 10-minute buckets. {swatches}
+<span><i class="smoke"></i>spread p10–p90 (darker p25–p75)</span><span><i class="dead"></i>every sample failed</span>
+<span><i class="failed"></i>failures in the bucket</span></p>"""
+
+
+def _decisions(decisions: list[Decision], now: float) -> str:
+    if not decisions:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_clock(d.decided_at)}<div class='muted'>{_ago(d.decided_at, now)}</div></td>"
+        f"<td>{html.escape(d.previous or '–')} → <b>{html.escape(d.name)}</b></td><td>{html.escape(d.reason)}</td></tr>"
+        for d in decisions
+    )
+    return f'<section class="history"><h2>Recent decisions</h2><table><thead><tr><th>when</th><th>change</th><th>why</th></tr></thead><tbody>{rows}</tbody></table></section>'
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _ago(timestamp: float, now: float) -> str:
+    seconds = max(now - timestamp, 0)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 129600:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
+CSS = """
+:root { color-scheme: light; --ink:#1f2933; --muted:#6b7785; --line:#e4e7eb; --ok:#15803d; --bad:#dc2626; --warn:#b45309; --accent:#2563eb; }
+* { box-sizing: border-box; }
+body { margin:0; background:#f4f6f8; color:var(--ink); font:15px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; }
+main { max-width: 980px; margin: 0 auto; padding: 20px 20px 40px; }
+header { display:flex; align-items:baseline; gap:16px; flex-wrap:wrap; margin-bottom: 14px; }
+h1 { font-size: 22px; margin:0; letter-spacing:-0.01em; }
+h2 { font-size: 20px; margin: 0; }
+h3 { font-size: 17px; margin: 0; }
+.muted { color: var(--muted); font-size: 13px; margin: 0; }
+.url { color: var(--muted); font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; word-break: break-all; }
+.choice { background:#fff; border:1px solid var(--line); border-left:6px solid var(--ok); border-radius:10px; padding:14px 18px; margin-bottom:16px; }
+.choice.none { border-left-color: var(--warn); }
+.choice .label { text-transform: uppercase; font-size: 11px; letter-spacing: .08em; color: var(--muted); }
+.choice h2 { font-size: 26px; display:flex; align-items:center; gap:10px; }
+.why { margin: 8px 0 0; }
+.lines { display:grid; gap: 14px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:14px 18px 10px; }
+.card.is-chosen { border-color: #86c99c; box-shadow: 0 0 0 2px #d8f0df; }
+.head { display:flex; align-items:center; gap:8px; }
+.badge { font-size: 12px; font-weight: 600; border-radius: 999px; padding: 1px 9px; border:1px solid; }
+.badge.ok { color: var(--ok); border-color:#a7dbb6; background:#effaf2; }
+.badge.bad { color: var(--bad); border-color:#f4b4b4; background:#fdf0f0; }
+.badge.warn { color: var(--warn); border-color:#f1cf94; background:#fdf6e9; }
+.badge.chosen { color:#fff; background: var(--ok); border-color: var(--ok); }
+.figures { display:flex; gap: 28px; margin: 10px 0 4px; }
+.figures div { min-width: 70px; }
+.figures dt { font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); }
+.figures dd { margin: 0; font-size: 20px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.verdict { margin: 2px 0; font-size: 14px; }
+.phases { margin: 2px 0 6px; font-size: 13px; color: var(--muted); }
+.outcome { color: var(--ink); font-weight: 600; }
+.error { color: var(--bad); }
+.chart { width: 100%; height: auto; display:block; }
+.chart .plot { fill: #fbfcfd; stroke: var(--line); }
+.chart .grid { stroke: #e9ecef; stroke-width: 1; }
+.chart .tick { fill: var(--muted); font-size: 10px; }
+.chart .smoke-outer { fill: #d5dae1; }
+.chart .smoke-inner { fill: #a3adba; }
+.chart .dead { fill: #fde2e2; }
+.chart .strip { fill: #f1f3f5; }
+.legend { margin: 12px 2px; display:flex; flex-wrap:wrap; gap: 4px 14px; }
+.legend i { display:inline-block; width: 14px; height: 8px; margin-right: 5px; border-radius:2px; vertical-align: middle; }
+.legend i.smoke { background: linear-gradient(#d5dae1 0 25%, #a3adba 25% 75%, #d5dae1 75%); }
+.legend i.dead { background:#fde2e2; border:1px solid #f4b4b4; }
+.legend i.failed { background:#dc2626; height: 4px; }
+.history { background:#fff; border:1px solid var(--line); border-radius:10px; padding:14px 18px; margin-top: 8px; }
+.history table { width:100%; border-collapse: collapse; margin-top: 8px; font-size: 14px; }
+.history th { text-align:left; font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); border-bottom:1px solid var(--line); padding: 4px 8px 4px 0; }
+.history td { vertical-align: top; border-bottom:1px solid #f0f2f4; padding: 6px 10px 6px 0; }
+.history td:first-child { white-space: nowrap; }
+footer { margin-top: 18px; }
+footer a { color: var(--accent); }
+"""

@@ -1,0 +1,153 @@
+"""The daemon's HTTP side: the status page, /api/status, /metrics and /healthz.
+
+Served by aiohttp.web on the daemon's own event loop, so every answer reads
+the same live state the scheduler writes, with no lock and no copy. It binds
+loopback by default: the page shows the relay's URLs and the choice, which
+is nobody else's business.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import chart, output, page
+from .errors import ConfigError
+from .live import LiveState
+
+log = logging.getLogger("linepicker")
+
+DEFAULT_LISTEN = "127.0.0.1:9137"
+PAGE_REFRESH_S = 30
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listen:
+    """HOST:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
+    return Listen(host, int(port))
+
+
+async def start(live: LiveState, listen: Listen) -> web.AppRunner:
+    """Bind and serve; a port already in use is a one-line error, not a traceback."""
+    if not listen.loopback:
+        log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
+    runner = web.AppRunner(app(live), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, listen.host, listen.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"--listen {listen.host}:{listen.port}: cannot bind: {exc.strerror or exc}") from None
+    return runner
+
+
+def page_url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def app(live: LiveState) -> web.Application:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from .metrics import registry
+
+    metrics = registry(live)
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=render_page(live), content_type="text/html", charset="utf-8")
+
+    async def api_status(request: web.Request) -> web.Response:
+        return web.json_response(status_json(live), dumps=_dumps)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        problem = staleness(live, time.time())
+        return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
+
+    application = web.Application()
+    application.router.add_get("/", index)
+    application.router.add_get("/api/status", api_status)
+    application.router.add_get("/metrics", prometheus)
+    application.router.add_get("/healthz", healthz)
+    return application
+
+
+def staleness(live: LiveState, now: float) -> str | None:
+    """Unhealthy when rounds stopped happening: three missed intervals plus one round's worth of timeouts."""
+    probe = live.config.probe
+    allowed = 3 * probe.interval + probe.timeout * probe.samples
+    since = live.last_round_at or live.started_at
+    if now - since > allowed:
+        what = "no round finished" if live.last_round_at else "the first round has not finished"
+        return f"stale: {what} in the last {now - since:.0f} s (allowed {allowed:g} s)"
+    return None
+
+
+def status_json(live: LiveState) -> dict:
+    """`linepicker status --json`, plus what only a running daemon knows: rise/fall state and the last round."""
+    report = live.status()
+    data = output.status_json(report, live.config)
+    for entry, view in zip(data["lines"], live.views(report)):
+        entry["state"] = view.state
+        entry["up"] = view.health.up
+        entry["phases"] = vars(view.phases) if view.phases else None
+    data["daemon"] = {
+        "started_at": output.when(live.started_at),
+        "last_round_at": output.when(live.last_round_at),
+        "rounds": dict(live.rounds),
+        "switches": live.switches,
+    }
+    return data
+
+
+def render_page(live: LiveState) -> str:
+    now = time.time()
+    report = live.status()
+    line_ids = live.store.line_ids(live.config.active_lines)
+    points = live.store.samples_since(line_ids, now - chart.SPAN_S)
+    charts = {name: chart.svg(chart.series(points[name], now), f"{name}: time to first byte, last 24 h") for name in points}
+    return page.render(
+        page.Page(
+            status=report,
+            views=live.views(report),
+            charts=charts,
+            config_source=str(live.config.source),
+            db_path=str(live.store.path),
+            rounds=sum(live.rounds.values()),
+            last_round_at=live.last_round_at,
+            refresh_s=PAGE_REFRESH_S,
+            now=now,
+        )
+    )
+
+
+def _dumps(data: object) -> str:
+    import json
+
+    return json.dumps(data, ensure_ascii=False)
