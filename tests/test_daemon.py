@@ -331,6 +331,29 @@ def test_a_signal_stops_the_daemon_cleanly_even_mid_round(relay: Relay, write_co
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
+def test_sighup_reloads_the_config_of_a_running_daemon(relay: Relay, write_config, db_path: Path) -> None:
+    config = write_config({"a": relay.url("a")}, probe=FAST)
+    process = start_daemon_process(config, db_path, "--listen", "off")
+    try:
+        wait_for_rounds(db_path, 1)
+        good = config.read_text()
+        config.write_text("lines: {broken\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        config.write_text(good.replace("lines:", f"lines:\n- name: b\n  url: {relay.url('b')}", 1))
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not relay.requests["b"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "a broken config must not stop the daemon"
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert relay.requests["b"], "the line added by the reload is probed"
+    assert "config reload failed, keeping the running config" in err and "lines.yaml:" in err
+    assert "config reloaded" in err and "2 lines" in err
+
+
 def test_a_second_daemon_on_the_same_database_is_refused(relay: Relay, write_config, db_path: Path, run) -> None:
     config = write_config({"a": relay.url("a")}, probe=FAST)
     first = start_daemon_process(config, db_path, "--listen", "off")
