@@ -74,6 +74,17 @@ def _open_store(db_path: str | None) -> Any:
     return Store(resolve_db_path(db_path))
 
 
+def _line_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of line names from the config a run would read; silent when there is none."""
+    from .config import load_config
+
+    try:
+        config = load_config(ctx.params.get("config_path"))
+    except LinepickerError:
+        return []
+    return [line.name for line in config.lines if line.name.startswith(incomplete)]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="linepicker")
 def cli() -> None:
@@ -194,7 +205,7 @@ def env(shell: str | None, db_path: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_line_names)
 @_config_option
 @_db_option
 @_json_option
@@ -320,6 +331,90 @@ def _db_path(db_path: str | None) -> Any:
     from .store import resolve_db_path
 
     return resolve_db_path(db_path).resolve()
+
+
+@cli.command()
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def doctor(config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Find what would keep a client off the chosen line, and say how to fix it.
+
+    Looks at this shell's environment, shell start-up files, Claude Code's
+    settings files, Codex's config.toml, proxies, and whether the chosen line
+    accepts the key. Exit status: 0 nothing found, 1 problems found.
+
+    \b
+    Example:
+        linepicker doctor
+        linepicker doctor --json | jq '.findings[] | select(.severity == "error")'
+    """
+    from . import output
+    from .doctor import diagnose
+
+    config = _load(config_path)
+    with _open_store(db_path) as store:
+        diagnosis = diagnose(config, store)
+    output.doctor_report(diagnosis, as_json)
+    if diagnosis.findings:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Where to write it (default: lines.yaml in the user config dir).")
+@_json_option
+@_fails_cleanly
+def init(config_path: str | None, as_json: bool) -> None:
+    """Write a starter lines.yaml to the user config dir; an existing file is never overwritten.
+
+    \b
+    Example:
+        linepicker init && linepicker add hk https://hk.example-relay.com
+    """
+    from . import output
+    from .configedit import init as write_starter
+
+    path, in_force = write_starter(config_path)
+    output.config_written(path, in_force, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("url")
+@click.option("--proxy", help="Probe this line through this http:// proxy, or 'none' to never use one.")
+@_config_option
+@_json_option
+@_fails_cleanly
+def add(name: str, url: str, proxy: str | None, config_path: str | None, as_json: bool) -> None:
+    """Add line NAME at URL to lines.yaml, keeping its comments and layout.
+
+    \b
+    Example:
+        linepicker add hk https://hk.example-relay.com --proxy http://127.0.0.1:7890
+    """
+    from . import output
+    from .configedit import add_line, editable_path
+
+    output.config_edited(add_line(editable_path(config_path), name, url, proxy), "added", as_json)
+
+
+@cli.command()
+@click.argument("name", shell_complete=_line_names)
+@_config_option
+@_json_option
+@_fails_cleanly
+def remove(name: str, config_path: str | None, as_json: bool) -> None:
+    """Remove line NAME from lines.yaml (and from exclude:), keeping everything else.
+
+    \b
+    Example:
+        linepicker remove hk
+    """
+    from . import output
+    from .configedit import editable_path, remove_line
+
+    output.config_edited(remove_line(editable_path(config_path), name), "removed", as_json)
 
 
 def main() -> None:

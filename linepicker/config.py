@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +37,7 @@ class ProbeSettings:
     path: str = "/v1/models"
     timeout: float = 5.0
     samples: int = 3
-    concurrency: int = 64
+    concurrency: int = 1000  # lines probed at once: a dead line holds its slot for a whole timeout
     interval: float = 60.0  # daemon: seconds between full rounds
     down_interval: float = 10.0  # daemon: re-probe of lines that are down, like HAProxy's downinter
 
@@ -59,12 +60,31 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class CodexTarget:
+    path: Path
+    provider: str = "linepicker"  # the [model_providers.<id>] table whose base_url we own
+    env_key: str = "OPENAI_API_KEY"  # written only when we create that table
+
+
+@dataclass(frozen=True)
+class TemplateTarget:
+    path: Path
+    template: str  # str.format text using only TEMPLATE_FIELDS; checked when the config is read
+
+
+TEMPLATE_FIELDS = ("url", "url_v1", "name")
+CODEX_BUILTIN_PROVIDERS = ("openai", "ollama", "lmstudio")
+
+
+@dataclass(frozen=True)
 class Targets:
     dotenv: tuple[Path, ...] = ()
     claude_settings: tuple[Path, ...] = ()
+    codex: tuple[CodexTarget, ...] = ()
+    template: tuple[TemplateTarget, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.dotenv or self.claude_settings)
+        return bool(self.dotenv or self.claude_settings or self.codex or self.template)
 
 
 @dataclass(frozen=True)
@@ -289,7 +309,7 @@ class _Validator:
             probe=self.probe(top.get("probe")),
             policy=self.policy(top.get("policy")),
             exclude=exclude,
-            targets=self.targets(top.get("targets")),
+            targets=self.targets(top.get("targets"), key_env),
             retention=self.retention(top.get("retention")),
             on_switch=self.command(top["on_switch"]) if "on_switch" in top else (),
             warnings=tuple(self.warnings),
@@ -401,11 +421,60 @@ class _Validator:
             excluded.add(name)
         return frozenset(excluded)
 
-    def targets(self, node: yaml.Node | None) -> Targets:
+    def targets(self, node: yaml.Node | None, key_env: str | None) -> Targets:
         if node is None:
             return Targets()
-        keys = self.mapping(node, "targets", {"dotenv", "claude_settings"})
-        return Targets(**{key: self.paths(value, f"targets.{key}") for key, value in keys.items()})
+        keys = self.mapping(node, "targets", {"dotenv", "claude_settings", "codex", "template"})
+        found: dict[str, Any] = {key: self.paths(keys[key], f"targets.{key}") for key in ("dotenv", "claude_settings") if key in keys}
+        if "codex" in keys:
+            found["codex"] = tuple(self.codex_target(item, key_env) for item in self.entries(keys["codex"], "targets.codex"))
+        if "template" in keys:
+            found["template"] = tuple(self.template_target(item) for item in self.entries(keys["template"], "targets.template"))
+        return Targets(**found)
+
+    def entries(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, f"{what} must be one entry or a list of them")
+        return items
+
+    def codex_target(self, node: yaml.Node, key_env: str | None) -> CodexTarget:
+        """A bare path, or {path, provider} when the provider table is not the default 'linepicker'."""
+        env_key = key_env or "OPENAI_API_KEY"
+        if not isinstance(node, yaml.MappingNode):
+            return CodexTarget(self.resolve(self.text(node, "targets.codex")), env_key=env_key)
+        keys = self.mapping(node, "targets.codex", {"path", "provider"})
+        if "path" not in keys:
+            raise self.fail(node, "targets.codex needs 'path:' (Codex reads ~/.codex/config.toml)")
+        target = CodexTarget(self.resolve(self.text(keys["path"], "targets.codex.path")), env_key=env_key)
+        if "provider" not in keys:
+            return target
+        provider = self.text(keys["provider"], "targets.codex.provider")
+        if not _NAME.match(provider):
+            raise self.fail(keys["provider"], f"targets.codex.provider {provider!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if provider in CODEX_BUILTIN_PROVIDERS:
+            # Codex keeps its built-in providers over a same-named table in config.toml, so a base_url there is ignored.
+            raise self.fail(keys["provider"], f"targets.codex.provider {provider!r} is built into Codex, which ignores a config.toml table of that name; use your own name")
+        return CodexTarget(target.path, provider, env_key)
+
+    def template_target(self, node: yaml.Node) -> TemplateTarget:
+        keys = self.mapping(node, "a targets.template entry", {"path", "template"})
+        for required in ("path", "template"):
+            if required not in keys:
+                raise self.fail(node, f"a targets.template entry needs '{required}:'")
+        text = self.scalar(keys["template"], "targets.template.template")
+        if not isinstance(text, str) or not text:
+            raise self.fail(keys["template"], "targets.template.template must be text")
+        fields = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise self.fail(keys["template"], f"targets.template.template: {exc} (write {{{{ and }}}} for a literal brace)") from None
+        for _, field_name, spec, conversion in parsed:
+            if field_name is not None and (field_name not in TEMPLATE_FIELDS or spec or conversion):
+                shown = "{" + field_name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise self.fail(keys["template"], f"targets.template.template: unknown placeholder {shown} (known: {fields})")
+        return TemplateTarget(self.resolve(self.text(keys["path"], "targets.template.path")), text)
 
     def retention(self, node: yaml.Node | None) -> RetentionSettings:
         if node is None:

@@ -11,12 +11,12 @@ import json
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
-from .config import Config
+from .config import Config, Line
 from .picker import LineReport, RoundResult, Status
 from .policy import Judgement, LineStats, percentile, judge
 from .probe import Phases, Sample
@@ -183,6 +183,13 @@ def _notes(rows: list[tuple[str, str | None]]) -> None:
             stdout.print(f"  [bold]{escape(name)}[/]: {escape(text)}")
 
 
+def _insecure_notes(lines: Iterable[Line]) -> None:
+    """The table may cut its '(insecure)' mark short on a narrow terminal; this line it cannot."""
+    for line in lines:
+        if line.insecure:
+            stdout.print(f"  [bold red]{escape(line.name)}: certificate NOT checked (insecure: true)[/]")
+
+
 def render_round(result: RoundResult, config: Config) -> None:
     chosen = result.verdict.chosen if result.verdict else None
     table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score"))
@@ -206,6 +213,7 @@ def render_round(result: RoundResult, config: Config) -> None:
         notes.append((report.line.name, _last_error(report.samples) or judgement.why_not))
     stdout.print(table)
     _notes(notes)
+    _insecure_notes(report.line for report in result.lines)
     stdout.print("[dim]phases: this round's medians in ms; p50, success and score: the policy window[/]")
     if result.verdict is None:
         return
@@ -224,7 +232,7 @@ def render_round(result: RoundResult, config: Config) -> None:
 def status_json(status: Status, config: Config) -> dict[str, Any]:
     lines = []
     for entry in status.lines:
-        item = {"name": entry.line.name, "url": entry.line.url}
+        item = {"name": entry.line.name, "url": entry.line.url, "insecure": entry.line.insecure}
         item.update(_stats_json(entry.stats, entry.judgement))
         item["last_outcome"] = entry.last["outcome"] if entry.last else None
         item["error"] = entry.last["error"] if entry.last else None
@@ -249,7 +257,7 @@ def render_status(status: Status) -> None:
         last = entry.last or {}
         table.add_row(
             "▶" if entry.line.name == chosen else "",
-            escape(entry.line.name),
+            escape(entry.line.name) + (" [bold red](insecure)[/]" if entry.line.insecure else ""),
             str(entry.stats.samples),
             _rate(entry.stats.success_rate),
             _ms(entry.stats.p50_ms),
@@ -261,6 +269,7 @@ def render_status(status: Status) -> None:
         notes.append((entry.line.name, last.get("error") or entry.judgement.why_not))
     stdout.print(table)
     _notes(notes)
+    _insecure_notes(entry.line for entry in status.lines)
     if status.choice:
         stdout.print(
             f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {when(status.choice.decided_at)}: {escape(status.choice.reason)}"
@@ -288,3 +297,43 @@ def service_removed(path: Any, as_json: bool) -> None:
         print_json({"removed": str(path) if path else None})
     else:
         stdout.print(f"removed {escape(str(path))}" if path else "no linepicker service file was installed")
+
+
+def doctor_report(diagnosis: Any, as_json: bool) -> None:
+    findings = [vars(finding) for finding in diagnosis.findings]
+    choice = diagnosis.choice
+    if as_json:
+        print_json({"chosen": {"name": choice.name, "url": choice.url} if choice else None, "findings": findings, "checked": diagnosis.checked})
+        return
+    if choice:
+        stdout.print(f"chosen: [bold]{escape(choice.name)}[/] {escape(choice.url)}")
+    for finding in diagnosis.findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        stdout.print(f"[{colour}]{finding.severity}:[/] {escape(finding.what)}")
+        stdout.print(f"  at:  {escape(finding.where)}")
+        stdout.print(f"  fix: {escape(finding.fix)}")
+    if diagnosis.findings:
+        errors = sum(1 for f in diagnosis.findings if f.severity == "error")
+        stdout.print(f"{len(findings)} problem{'s' if len(findings) != 1 else ''} ({errors} error{'s' if errors != 1 else ''})")
+    else:
+        stdout.print("no problems found")
+        note("checked the environment" + "".join(f", {path}" for path in diagnosis.checked))
+
+
+def config_written(path: Any, in_force: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({"path": str(path), "in_force": str(in_force)})
+        return
+    stdout.print(f"wrote {escape(str(path))}: edit it, or use linepicker add/remove")
+    if in_force != path:
+        warn(f"{in_force} is read first, so the new file is not used while that one exists")
+
+
+def config_edited(edit: Any, action: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"action": action, "config": str(edit.path), "name": edit.name, "url": edit.url, "notes": list(edit.notes)})
+        return
+    what = f"{edit.name} {edit.url}" if edit.url else edit.name
+    stdout.print(f"{action} {escape(what)} {'to' if action == 'added' else 'from'} {escape(str(edit.path))}")
+    for text in edit.notes:
+        note(text)

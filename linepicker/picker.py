@@ -113,7 +113,7 @@ def hand_out(config: Config, verdict: Verdict, chosen: Decision | None) -> tuple
     """Bring the target files in line with a fresh choice; nothing is written when nothing is eligible."""
     if chosen is None or verdict.chosen is None:
         return [], []
-    return targets.write_targets(config.targets, chosen.url)
+    return targets.write_targets(config.targets, chosen.name, chosen.url)
 
 
 async def run_round(
@@ -200,5 +200,5 @@ def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[
     previous = store.choice()
     if not previous or previous.name != line.name or previous.url != line.url:
         store.record_decision(line.name, line.url, previous.name if previous else None, "pinned by hand", None)
-    results, errors = targets.write_targets(config.targets, line.url)
+    results, errors = targets.write_targets(config.targets, line.name, line.url)
     return store.choice(), results, errors

@@ -332,10 +332,10 @@ def classify_exception(exc: Exception, timeout: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return RESET, "server closed the connection without an answer"
     if isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ConnectionResetError):
+        if _reset_mid_body(exc):
             return RESET, "connection reset while reading the body"
-        return PROTOCOL, f"broken response body: {_first_line(exc)}"
+        cause = exc.__cause__
+        return PROTOCOL, f"broken response body: {_first_line(getattr(cause, 'message', None) or exc)}"
     if isinstance(exc, aiohttp.ClientResponseError):
         return PROTOCOL, f"not an HTTP answer: {_first_line(exc.message) or exc.status}"
     if isinstance(exc, (aiohttp.ClientOSError, OSError)):
@@ -343,6 +343,15 @@ def classify_exception(exc: Exception, timeout: float) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientError):
         return PROTOCOL, f"{type(exc).__name__}: {_first_line(exc)}"
     raise exc
+
+
+def _reset_mid_body(exc: aiohttp.ClientPayloadError) -> bool:
+    """aiohttp chains the framing error (body shorter than announced), not the reset behind it.
+
+    The reset survives only in the message, as the repr of the ConnectionResetError.
+    """
+    chain = (exc.__cause__, exc.__context__)
+    return any(isinstance(link, ConnectionResetError) for link in chain) or "ConnectionResetError(" in str(exc)
 
 
 def _classify_os_error(exc: BaseException, during: str) -> tuple[str, str]:
@@ -401,6 +410,22 @@ async def probe_line(
 Settled = Callable[[list[LineRun]], bool]
 
 
+def socket_budget() -> int:
+    """How many probes may hold a socket at once: half the open-file limit, the rest left to the database and the daemon.
+
+    Past the limit connect() fails with EMFILE, and that local shortage would be
+    recorded against the line as if the line had failed.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: sockets are not bounded by a per-process file limit
+        return 10_000
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(1, soft // 2)
+
+
 async def probe_round(
     lines: tuple[Line, ...] | list[Line],
     settings: ProbeSettings,
@@ -415,7 +440,7 @@ async def probe_round(
     not waited for, rather than pretending they failed.
     """
     contexts = {verify: make_ssl_context(verify) for verify in {not line.insecure for line in lines}}
-    limit = asyncio.Semaphore(settings.concurrency)
+    limit = asyncio.Semaphore(min(settings.concurrency, socket_budget()))
     runs = [LineRun(line) for line in lines]
     tasks = {
         asyncio.ensure_future(probe_line(run, settings, key, contexts[not run.line.insecure], limit, on_sample)): run

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .probe import Sample
 
 BUSY_TIMEOUT_S = 10.0
+APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
 
 @dataclass(frozen=True)
@@ -153,17 +154,23 @@ class Store:
         import sqlite_utils
 
         self.path = path
+        conn = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
             self.db = sqlite_utils.Database(conn)
+            self._refuse_foreign()
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: cannot use the database: {exc}") from None
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
+        except (sqlite3.DatabaseError, OSError, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            if isinstance(exc, OSError):
+                raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
+            raise StoreError(f"{path}: cannot use the database: {_explain(exc)}") from None
 
     def close(self) -> None:
         self.db.conn.close()
@@ -171,17 +178,56 @@ class Store:
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         self.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            # Damage deep in the file, or a lock held too long, shows only when a query reaches it.
+            raise StoreError(f"{self.path}: cannot use the database: {_explain(exc)}") from None
+
+    def _refuse_foreign(self) -> None:
+        """Another program's SQLite file is never changed: not its journal mode, not its tables.
+
+        Files made before the application id was set are recognised by their migrations table.
+        """
+        conn = self.db.conn
+        app_id = self._app_id()
+        if app_id == APPLICATION_ID:
+            return
+        tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+        ours = "migrations" in tables and conn.execute("select 1 from migrations where name = ?", [MIGRATIONS[0][0]]).fetchone()
+        if app_id != 0 or (tables and not ours):
+            raise StoreError(f"{self.path}: a SQLite database of another program; linepicker leaves it alone (choose another --db)")
 
     def _migrate(self) -> None:
-        with self.db.conn:
-            self.db.execute("create table if not exists migrations (id integer primary key, name text unique, applied_at real)")
-            done = {row[0] for row in self.db.execute("select name from migrations")}
-            for name, migrate in MIGRATIONS:
-                if name not in done:
-                    migrate(self.db)
-                    self.db["migrations"].insert({"name": name, "applied_at": time.time()})
+        """Migrate in one IMMEDIATE transaction, so processes opening a new file at once do it one after another.
+
+        An up-to-date file is only read, so opening it never waits for a writer.
+        """
+        conn = self.db.conn
+        if self._app_id() == APPLICATION_ID and not self._pending():
+            return
+        conn.execute("begin immediate")
+        try:
+            if self._app_id() != APPLICATION_ID:
+                conn.execute(f"pragma application_id = {APPLICATION_ID}")
+            pending = self._pending()  # again, now that no other process can be migrating
+            conn.execute("create table if not exists migrations (id integer primary key, name text unique, applied_at real)")
+            for name, migrate in pending:
+                migrate(self.db)
+                conn.execute("insert into migrations (name, applied_at) values (?, ?)", [name, time.time()])
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _app_id(self) -> int:
+        return self.db.conn.execute("pragma application_id").fetchone()[0]
+
+    def _pending(self) -> list[tuple[str, Callable[["sqlite_utils.Database"], None]]]:
+        if not self.db.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'migrations'").fetchone():
+            return list(MIGRATIONS)
+        done = {row[0] for row in self.db.conn.execute("select name from migrations")}
+        return [(name, migrate) for name, migrate in MIGRATIONS if name not in done]
 
     def _write(self, action: Callable[[], object]) -> object:
         """Run a write in one transaction, turning SQLite failures into a StoreError naming the file."""
@@ -189,7 +235,7 @@ class Store:
             with self.db.conn:
                 return action()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: write failed: {exc}") from None
+            raise StoreError(f"{self.path}: write failed: {_explain(exc)}") from None
 
     def line_ids(self, lines: Sequence["Line"]) -> dict[str, int]:
         """A line is its name and URL: history under a changed URL is another line's."""
@@ -378,6 +424,24 @@ class Store:
     def prune_hourly(self, before: float) -> int:
         """Delete hourly rows older than `before`: the end of the record, so the file stays bounded."""
         return self._write(lambda: self.db.execute("delete from hourly where hour < ?", [before]).rowcount)  # type: ignore[return-value]
+
+    def latest_round_samples(self, name: str, url: str) -> list[dict]:
+        """The samples of the newest round that measured this line, as `doctor` judges the line by how it answers now."""
+        rows = self.db.execute(
+            "select s.round_id, s.outcome, s.status, s.error, s.key_sent, s.started_at from samples s "
+            "join lines l on l.id = s.line_id where l.name = ? and l.url = ? order by s.started_at desc limit 100",
+            [name, url],
+        ).fetchall()
+        latest = rows[0][0] if rows else None
+        keys = ("outcome", "status", "error", "key_sent", "at")
+        return [dict(zip(keys, row[1:])) for row in rows if row[0] == latest]
+
+
+def _explain(exc: sqlite3.DatabaseError) -> str:
+    """SQLite's words, plus what 'locked' means here."""
+    if "locked" in str(exc):
+        return f"{exc} (another process kept it busy; linepicker waits up to {BUSY_TIMEOUT_S:g} s)"
+    return str(exc)
 
 
 def _hour_row(line_id: int, hour: float, samples: list[tuple[int | None, float | None, str]]) -> dict:

@@ -1,13 +1,16 @@
-"""Hand the chosen line to the user's tools: shell exports, .env files, Claude Code's settings.
+"""Hand the chosen line to the user's tools: shell exports, .env files, Claude Code's settings,
+Codex's config.toml and files rendered from a template.
 
 The files written here belong to the user. Every write is atomic (temp file,
 fsync, rename), keeps every key we do not own and the file's mode, and a file
-we cannot parse is left exactly as it was. Standard library only, because
-`linepicker env` runs in every new shell.
+we cannot parse is left exactly as it was. Standard library only at import
+time (tomlkit is imported by the Codex writer alone), because `linepicker env`
+runs in every new shell.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,12 +18,12 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .errors import TargetError
 
 if TYPE_CHECKING:
-    from .config import Targets
+    from .config import CodexTarget, Targets, TemplateTarget
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "cmd")
 NEW_FILE_MODE = 0o600
@@ -124,12 +127,12 @@ def _dotenv_comment(old: str) -> str:
 
 
 def _dotenv_value(value: str, old: str) -> str:
-    """Keep the quoting style the user chose for that key."""
+    """Keep the quoting style the user chose for that key, unless the value would close it early."""
     old = old.strip()
-    if old.startswith("'"):
+    if old.startswith("'") and "'" not in value:
         return f"'{value}'"
-    if old.startswith('"'):
-        return f'"{value}"'
+    if old.startswith(("'", '"')):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
 
@@ -157,15 +160,78 @@ def update_claude_settings(path: Path, url: str) -> TargetResult:
     return _write_if_changed("claude_settings", path, original, updated)
 
 
-def write_targets(targets: "Targets", url: str) -> tuple[list[TargetResult], list[str]]:
-    """Update every configured file; one broken file does not stop the others."""
+def update_codex(target: "CodexTarget", url: str) -> TargetResult:
+    """Set base_url in Codex's [model_providers.<id>] table, keeping comments, layout and every other key.
+
+    Codex reads only the provider named by the top-level `model_provider`, so
+    that key is set when the file has none; one naming another provider is the
+    user's choice and stays (`linepicker doctor` points it out).
+    """
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    path = target.path
+    try:
+        original = path.read_bytes().decode("utf-8") if path.exists() else None  # bytes: CRLF files stay CRLF
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: cannot read: {exc}") from None
+    try:
+        document = tomlkit.parse(original or "")
+    except TOMLKitError as exc:
+        raise TargetError(f"{path}: not valid TOML ({exc}); left untouched") from None
+    providers = document.get("model_providers")
+    if providers is None:
+        providers = tomlkit.table(is_super_table=True)
+        document["model_providers"] = providers
+    if not isinstance(providers, dict):
+        raise TargetError(f"{path}: 'model_providers' is not a table; left untouched")
+    table = providers.get(target.provider)
+    created = table is None
+    if created:
+        table = tomlkit.table()
+        table["name"] = "relay line chosen by linepicker"
+        table["base_url"] = f"{url}/v1"
+        table["env_key"] = target.env_key
+        table["wire_api"] = "responses"
+        table.add(tomlkit.nl())
+        providers[target.provider] = table
+    elif not isinstance(table, dict):
+        raise TargetError(f"{path}: 'model_providers.{target.provider}' is not a table; left untouched")
+    elif table.get("base_url") != f"{url}/v1":  # reassigning an equal value could still restyle its quoting
+        table["base_url"] = f"{url}/v1"
+    if "model_provider" not in document:
+        document["model_provider"] = target.provider
+    updated = tomlkit.dumps(document)
+    if created:  # the blank line that sets a new table apart from the next one is not wanted at the end
+        updated = updated.rstrip("\n") + "\n"
+    return _write_if_changed("codex", path, original, updated)
+
+
+def render_template(template: str, name: str, url: str) -> str:
+    """The placeholders were checked against TEMPLATE_FIELDS when the config was read."""
+    return template.format(url=url, url_v1=f"{url}/v1", name=name)
+
+
+def update_template(target: "TemplateTarget", name: str, url: str) -> TargetResult:
+    """The whole file is the rendered template: it belongs to this target."""
+    try:
+        original = target.path.read_bytes().decode("utf-8") if target.path.exists() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{target.path}: cannot read: {exc}") from None
+    return _write_if_changed("template", target.path, original, render_template(target.template, name, url))
+
+
+def write_targets(targets: "Targets", name: str, url: str) -> tuple[list[TargetResult], list[str]]:
+    """Update every configured file for line `name` at `url`; one broken file does not stop the others."""
     results: list[TargetResult] = []
     errors: list[str] = []
-    writers = [(path, update_dotenv) for path in targets.dotenv]
-    writers += [(path, update_claude_settings) for path in targets.claude_settings]
-    for path, update in writers:
+    writers: list[Callable[[], TargetResult]] = [functools.partial(update_dotenv, path, url) for path in targets.dotenv]
+    writers += [functools.partial(update_claude_settings, path, url) for path in targets.claude_settings]
+    writers += [functools.partial(update_codex, target, url) for target in targets.codex]
+    writers += [functools.partial(update_template, target, name, url) for target in targets.template]
+    for update in writers:
         try:
-            results.append(update(path, url))
+            results.append(update())
         except TargetError as exc:
             errors.append(str(exc))
     return results, errors

@@ -287,3 +287,43 @@ def resets_after(raw: bytes) -> RawHandler:
 def redirects(status: int, location: str) -> RawHandler:
     """Answer with a redirect; a relative location pointing at itself makes a loop."""
     return replies(head(f"{status} Redirect", location=location, content_length=0, connection="close"))
+
+
+def head_then_drips(raw_head: bytes, body: bytes, interval: float = 1.0) -> RawHandler:
+    """Send the head at once, then the body one byte per interval: only a total deadline ends it in time."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        try:
+            writer.write(raw_head)
+            for byte in body:
+                await writer.drain()
+                await asyncio.sleep(interval)
+                writer.write(bytes([byte]))
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+def recording(log: list[bytes], handler: RawHandler) -> RawHandler:
+    """Keep the request head each connection sent (to check which headers crossed), then answer as `handler` does."""
+
+    async def wrapper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        log.append(request)
+        replay = asyncio.StreamReader()
+        replay.feed_data(request)
+        replay.feed_eof()
+        await handler(replay, writer)
+
+    return wrapper
+
+
+def tls_server_context(cert: Any) -> ssl.SSLContext:
+    """A server-side context presenting a trustme LeafCert."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context

@@ -391,7 +391,7 @@ def test_one_broken_target_does_not_stop_the_others(tmp_path: Path) -> None:
     good_json = tmp_path / "claude" / "settings.json"
     targets = Targets(dotenv=(broken_dotenv, good_dotenv), claude_settings=(bad_json, good_json))
 
-    results, errors = write_targets(targets, URL)
+    results, errors = write_targets(targets, "main", URL)
 
     assert [(r.kind, r.path, r.changed) for r in results] == [("dotenv", good_dotenv, True), ("claude_settings", good_json, True)]
     assert len(errors) == 2
@@ -406,7 +406,7 @@ def test_one_broken_target_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_symlink_loop_is_a_target_error_not_a_crash(tmp_path: Path) -> None:
     loop = tmp_path / ".env"
     loop.symlink_to(loop)
-    results, errors = write_targets(Targets(dotenv=(loop,)), URL)
+    results, errors = write_targets(Targets(dotenv=(loop,)), "main", URL)
     assert results == [] and len(errors) == 1 and str(loop) in errors[0]
 
 
@@ -420,7 +420,7 @@ def test_failed_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
 
 
 def test_no_targets_means_nothing_written(tmp_path: Path) -> None:
-    assert write_targets(Targets(), URL) == ([], [])
+    assert write_targets(Targets(), "main", URL) == ([], [])
     assert not Targets()
 
 

@@ -1,0 +1,266 @@
+"""Create lines.yaml and add or remove its lines in place.
+
+The config is the user's file, often commented by hand, so an edit touches
+only the text it must: a new line is inserted right after the last one in the
+file's own indentation, a removed line's text is cut out, and every comment,
+blank line and quoting choice elsewhere stays byte for byte. (A YAML
+round-trip library re-indents and moves trailing comments.) Before anything
+is written, the edited text is parsed by `config.parse_config` and compared
+with the intended change, so a wrong edit is never saved; the write is atomic
+and keeps the file's mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import Config, Line, find_config, parse_config, user_config_path
+from .errors import ConfigError, LinepickerError
+from .targets import atomic_write
+
+STARTER = """\
+# linepicker: the lines (BaseURLs) of your relay. Written by `linepicker init`.
+# Add lines with `linepicker add NAME URL`, remove them with `linepicker remove NAME`,
+# or edit this file by hand: `linepicker pick` says which file it read.
+
+# Name of the environment variable that holds your key. Never put the key here.
+# Without the variable set, an OpenAI-shaped 401 still proves a line reachable.
+key_env: OPENAI_API_KEY
+
+probe:
+  path: /v1/models   # what each probe requests
+  timeout: 5         # seconds, a total deadline per request
+  samples: 3         # requests per line per round, one after another
+
+lines:
+  # From the relay's own doc page: replace https://api.openai.com with this.
+  - name: main
+    url: https://api.whatai.cc
+
+# Files that `linepicker pick` and the daemon keep up to date (paths relative to this file):
+# targets:
+#   dotenv: ~/project/.env
+#   claude_settings: ~/.claude/settings.json
+#   codex: ~/.codex/config.toml
+#   template:
+#     - path: ~/.config/mytool/env
+#       template: |
+#         API_BASE={url_v1}   # also {url} (no /v1) and {name}
+"""
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: Path
+    name: str
+    url: str | None  # the URL as stored, for `add`
+    notes: tuple[str, ...] = ()  # what else changed, or how the URL was normalised
+
+
+def init(explicit: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    """Write the starter config, never over an existing file; returns it and the file a run would read now."""
+    path = Path(explicit).expanduser() if explicit else user_config_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LinepickerError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(STARTER.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() refuses an existing name, so a file created meanwhile is not overwritten either.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise LinepickerError(f"{path} already exists; left as it is (edit it, or use linepicker add/remove)") from None
+    except OSError as exc:
+        raise LinepickerError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        os.unlink(tmp)
+    in_force, _ = find_config(explicit)
+    return path, in_force
+
+
+def editable_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The file `add`/`remove` edit: the one a run would read, unless that is the bundled default."""
+    path, origin = find_config(explicit)
+    if origin == "bundled default":
+        raise ConfigError("no lines.yaml of your own yet: run 'linepicker init' first (or pass --config FILE)")
+    return path
+
+
+def add_line(path: Path, name: str, url: str, proxy: str | None = None) -> Edit:
+    text, bom, config = _read(path)
+    existing = config.line(name)
+    if existing is not None:
+        item = _line_items(_compose(text, path))[name]
+        raise ConfigError(f"{path}:{item.start_mark.line + 1}: a line named {name!r} already exists ({existing.url})")
+    updated, added = _with_line(text, path, config, name, url, proxy)
+    notes: tuple[str, ...] = ()
+    if added.url != url:
+        # Store the URL as it is used, so the file does not warn on every run.
+        updated, added = _with_line(text, path, config, name, added.url, proxy)
+        notes = (f"stored the URL as {added.url} (linepicker adds /v1 where a client needs it)",)
+    _write(path, bom, updated)
+    return Edit(path, name, added.url, notes)
+
+
+def remove_line(path: Path, name: str) -> Edit:
+    text, bom, config = _read(path)
+    if config.line(name) is None:
+        raise ConfigError(f"{path}: no line named {name!r} (lines: {', '.join(line.name for line in config.lines)})")
+    if len(config.lines) == 1:
+        raise ConfigError(f"{path}: {name!r} is the only line, and a config needs at least one")
+    notes = []
+    if name in config.exclude:
+        text = _without_exclude(text, path, name)
+        notes.append(f"also removed {name!r} from exclude")
+    root = _compose(text, path)
+    text = _cut_item(text, _value(root, "lines"), _line_items(root)[name])
+    result = _check(text, path)
+    if [line.name for line in result.lines] != [line.name for line in config.lines if line.name != name] or result.exclude != config.exclude - {name}:
+        raise LinepickerError(f"{path}: could not remove {name!r} cleanly; the file is unchanged")
+    _write(path, bom, text)
+    return Edit(path, name, None, tuple(notes))
+
+
+def item_line(config: Config, name: str, key: str) -> str:
+    """`file:line` of a key of a line's entry (or of the entry), for pointing at it in a message."""
+    try:
+        root = yaml.compose(config.source.read_text(encoding="utf-8-sig"))
+        item = _line_items(root)[name]
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
+        return str(config.source)
+    node = next((value for key_node, value in item.value if key_node.value == key), item)
+    return f"{config.source}:{node.start_mark.line + 1}"
+
+
+def _read(path: Path) -> tuple[str, bool, Config]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    config = parse_config(raw, path)
+    text = raw.decode("utf-8-sig")
+    return text, raw.startswith(b"\xef\xbb\xbf"), config
+
+
+def _write(path: Path, bom: bool, text: str) -> None:
+    atomic_write(path, (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+
+
+def _compose(text: str, path: Path) -> yaml.Node:
+    """The file already passed parse_config, so composing it again cannot fail."""
+    root = yaml.compose(text)
+    assert isinstance(root, yaml.MappingNode), path
+    return root
+
+
+def _value(root: yaml.MappingNode, key: str) -> yaml.Node:
+    return next(value for key_node, value in root.value if key_node.value == key)
+
+
+def _key(root: yaml.MappingNode, key: str) -> yaml.Node:
+    return next(key_node for key_node, _ in root.value if key_node.value == key)
+
+
+def _line_items(root: yaml.Node) -> dict[str, yaml.MappingNode]:
+    items = {}
+    for item in _value(root, "lines").value:
+        name = next((value.value for key, value in item.value if key.value == "name"), None)
+        items[name] = item
+    return items
+
+
+def _check(text: str, path: Path) -> Config:
+    """Parse the edited text; its errors point into text that was never written, so drop the file:line."""
+    try:
+        return parse_config(text, path)
+    except ConfigError as exc:
+        detail = re.sub(rf"^{re.escape(str(path))}(:\d+)?: ", "", str(exc))
+        raise ConfigError(f"{path} left unchanged: {detail}") from None
+
+
+def _with_line(text: str, path: Path, config: Config, name: str, url: str, proxy: str | None) -> tuple[str, Line]:
+    root = _compose(text, path)
+    sequence = _value(root, "lines")
+    fields = {"name": name, "url": url, **({"proxy": proxy} if proxy else {})}
+    if sequence.flow_style:
+        entry = "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in fields.items()) + "}"
+        at = sequence.value[-1].end_mark.index
+        updated = f"{text[:at]}, {entry}{text[at:]}"
+    else:
+        dash = sequence.start_mark.column
+        first = sequence.value[0]
+        indent = first.start_mark.column if first.start_mark.line == sequence.start_mark.line else dash + 2
+        newline = "\r\n" if "\r\n" in text else "\n"
+        entry = "".join(
+            f"{' ' * dash}-{' ' * (indent - dash - 1)}{key}: {_plain(value)}{newline}" if i == 0 else f"{' ' * indent}{key}: {_plain(value)}{newline}"
+            for i, (key, value) in enumerate(fields.items())
+        )
+        lines = text.splitlines(keepends=True)
+        last = _last_line(sequence.value[-1])
+        if not lines[last].endswith(("\n", "\r")):
+            lines[last] += newline
+        updated = "".join(lines[: last + 1]) + entry + "".join(lines[last + 1 :])
+    result = _check(updated, path)
+    added = result.line(name)
+    if [line.name for line in result.lines] != [line.name for line in config.lines] + [name] or added is None:
+        raise LinepickerError(f"{path}: could not add {name!r} cleanly; the file is unchanged")
+    return updated, added
+
+
+def _plain(value: str) -> str:
+    """A value as YAML reads it back: plain when that is unambiguous, else a double-quoted (JSON) string."""
+    try:
+        if yaml.safe_load(f"k: {value}") == {"k": value}:
+            return value
+    except yaml.YAMLError:
+        pass
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _last_line(node: yaml.Node) -> int:
+    """The last text line a block item occupies (its end mark may sit at column 0 of the next line)."""
+    end = node.value[-1][1].end_mark if isinstance(node, yaml.MappingNode) and not node.flow_style else node.end_mark
+    return end.line if end.column > 0 else end.line - 1
+
+
+def _dash_line(text: str, node: yaml.Node) -> int:
+    """The line of the '-' that opens a block sequence item (it may be on a line of its own)."""
+    index = node.start_mark.index - 1
+    while index >= 0 and text[index] in " \t\r\n":
+        index -= 1
+    return text.count("\n", 0, index)
+
+
+def _cut_item(text: str, sequence: yaml.Node, item: yaml.Node) -> str:
+    if sequence.flow_style:
+        position = sequence.value.index(item)
+        if position > 0:
+            start, end = sequence.value[position - 1].end_mark.index, item.end_mark.index
+        else:
+            start, end = item.start_mark.index, sequence.value[1].start_mark.index
+        return text[:start] + text[end:]
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[: _dash_line(text, item)] + lines[_last_line(item) + 1 :])
+
+
+def _without_exclude(text: str, path: Path, name: str) -> str:
+    """Drop the name from exclude:, or the whole key when it was the only entry (an empty block list reads as null)."""
+    root = _compose(text, path)
+    sequence = _value(root, "exclude")
+    item = next(node for node in sequence.value if node.value == name)
+    if len(sequence.value) > 1:
+        return _cut_item(text, sequence, item)
+    lines = text.splitlines(keepends=True)
+    end = sequence.end_mark.line if sequence.flow_style else _last_line(item)
+    return "".join(lines[: _key(root, "exclude").start_mark.line] + lines[end + 1 :])
