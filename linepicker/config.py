@@ -116,7 +116,10 @@ class Config:
 
 
 def bundled_config_path() -> Path:
-    return Path(__file__).with_name(CONFIG_NAME)
+    """The wheel ships the repo's top-level lines.yaml inside the package; a source checkout has only the top-level one."""
+    packaged = Path(__file__).with_name(CONFIG_NAME)
+    checkout = Path(__file__).resolve().parent.parent / CONFIG_NAME
+    return checkout if not packaged.is_file() and checkout.is_file() else packaged
 
 
 def user_config_path() -> Path:
