@@ -22,6 +22,7 @@ from . import APP_NAME
 from .errors import ConfigError
 
 CONFIG_NAME = "lines.yaml"
+MAX_CONFIG_BYTES = 16 * 2**20  # 10,000 lines take about 1 MiB
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,12 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, s
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     path, origin = find_config(explicit)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero or a log file by mistake
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, so not a lines.yaml")
     return parse_config(data, path, origin)
 
 

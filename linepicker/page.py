@@ -84,6 +84,8 @@ def _card(view: LineView, chosen: bool, chart: str) -> str:
     badges = f'<span class="badge {state_class}">{html.escape(view.state)}</span>'
     if chosen:
         badges = '<span class="badge chosen">chosen</span>' + badges
+    if entry.line.insecure:
+        badges += '<span class="badge bad">certificate NOT checked (insecure: true)</span>'
     verdict = (
         f"score {entry.judgement.score:.1f} ms" if entry.judgement.eligible and entry.judgement.score is not None
         else f"not eligible: {entry.judgement.why_not}"

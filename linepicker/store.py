@@ -201,10 +201,10 @@ class Store:
     def _migrate(self) -> None:
         """Migrate in one IMMEDIATE transaction, so processes opening a new file at once do it one after another.
 
-        An up-to-date file is only read, so opening it never waits for a writer.
+        An up-to-date file is only read, so opening it never waits for a writer and works read-only.
         """
         conn = self.db.conn
-        if self._app_id() == APPLICATION_ID and not self._pending():
+        if not self._pending():
             return
         conn.execute("begin immediate")
         try:
@@ -240,14 +240,19 @@ class Store:
     def line_ids(self, lines: Sequence["Line"]) -> dict[str, int]:
         """A line is its name and URL: history under a changed URL is another line's."""
 
+        def find(line: "Line") -> int | None:
+            row = self.db.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
+            return row[0] if row else None
+
         def upsert() -> dict[str, int]:
             ids = {}
             for line in lines:
-                row = self.db.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
-                if row is None:
-                    ids[line.name] = self.db["lines"].insert({"name": line.name, "url": line.url, "first_seen": time.time()}).last_pk
-                else:
-                    ids[line.name] = row[0]
+                found = find(line)
+                if found is None:
+                    # Or-ignore: another process that started at the same moment may have inserted it since the select.
+                    self.db.execute("insert or ignore into lines (name, url, first_seen) values (?, ?, ?)", [line.name, line.url, time.time()])
+                    found = find(line)
+                ids[line.name] = found
             return ids
 
         return self._write(upsert)  # type: ignore[return-value]

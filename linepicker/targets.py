@@ -11,11 +11,13 @@ runs in every new shell.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import re
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -263,6 +265,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     except OSError as exc:
         raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    _remove_stale_temp_files(real)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
@@ -282,6 +285,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         _unlink_quietly(tmp)
         raise
     _fsync_dir(real.parent)
+
+
+STALE_TEMP_S = 60.0  # a live writer keeps its temp file for milliseconds
+
+
+def _remove_stale_temp_files(real: Path) -> None:
+    """A writer killed mid-write leaves its temp file behind; the next write of that file clears it.
+
+    Only temp files older than a minute go, so a concurrent writer's file is never pulled from under it.
+    """
+    cutoff = time.time() - STALE_TEMP_S
+    for leftover in real.parent.glob(f".{glob.escape(real.name)}.*.tmp"):
+        try:
+            if leftover.lstat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:
+            pass
 
 
 def _unlink_quietly(path: str) -> None:

@@ -443,7 +443,11 @@ def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: 
     from browser import rendered_dom, screenshot
 
     config = write_config(
-        {"a": relay.url("a", delay_ms=40), "b": relay.url("b", delay_ms=120), "c": relay.url("c", mode="block")},
+        [
+            {"name": "a", "url": relay.url("a", delay_ms=40)},
+            {"name": "b", "url": relay.url("b", delay_ms=120), "insecure": True},
+            {"name": "c", "url": relay.url("c", mode="block")},
+        ],
         probe={**FAST, "interval": 5},
     )
     daemon = make_daemon(config, db_path, Listen("127.0.0.1", 0))
@@ -489,5 +493,6 @@ def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: 
     assert cards.chosen == ["a"]
     assert cards.charts == 3
     assert "Chosen line" in dom and "not_api" in dom
+    assert dom.count("certificate NOT checked") == 1, "the insecure line is marked on the page"
     assert "all " in dom and "samples failed" in dom, "c's outage shows as failed buckets in its chart"
     assert shot.stat().st_size > 10_000
