@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .policy import percentile
+from .store import HourRow
 
 SPAN_S = 24 * 3600.0
 BUCKETS = 144  # ten minutes each over a day
@@ -36,6 +37,7 @@ class Bucket:
     p50: float
     p75: float
     p90: float
+    rolled_up: bool = False  # only hourly roll-ups were left: see from_hours
 
     @property
     def successes(self) -> int:
@@ -53,22 +55,53 @@ class Series:
     buckets: list[Bucket]
 
 
-def series(points: Sequence[tuple[float, bool, float | None]], now: float, span: float = SPAN_S, count: int = BUCKETS) -> Series:
-    """Group (started_at, success, ttfb_ms) points into `count` equal buckets ending now."""
+def series(
+    points: Sequence[tuple[float, bool, float | None]],
+    now: float,
+    span: float = SPAN_S,
+    count: int = BUCKETS,
+    hours: Sequence[HourRow] = (),
+) -> Series:
+    """Group (started_at, success, ttfb_ms) points into `count` equal buckets ending now.
+
+    A bucket with no raw sample falls back to the hourly roll-ups whose hour
+    starts in it, so a long history still shows where retention removed the samples.
+    """
     width = span / count
     start = now - span
     groups: list[list[tuple[bool, float | None]]] = [[] for _ in range(count)]
+    hourly: list[list[HourRow]] = [[] for _ in range(count)]
     for at, success, ttfb in points:
         index = int((at - start) // width)
         if 0 <= index < count:
             groups[index].append((success, ttfb))
+    for row in hours:
+        index = int((row.hour - start) // width)
+        if 0 <= index < count:
+            hourly[index].append(row)
     result = []
     for index, group in enumerate(groups):
+        at = start + index * width
+        if not group and hourly[index]:
+            result.append(from_hours(at, hourly[index]))
+            continue
         ok = [ttfb for success, ttfb in group if success and ttfb is not None]
         quantiles = [percentile(ok, q) or 0.0 for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
-        failures = len(group) - len(ok)
-        result.append(Bucket(start + index * width, len(group), failures, *quantiles))
+        result.append(Bucket(at, len(group), len(group) - len(ok), *quantiles))
     return Series(start, span, result)
+
+
+def from_hours(start: float, rows: Sequence[HourRow]) -> Bucket:
+    """Counts add up exactly; percentiles cannot be re-derived from roll-ups, so the median is the
+    successes-weighted mean of the hourly medians and the spread runs from the lowest minimum to
+    the highest p95 (no inner band)."""
+    samples = sum(row.samples for row in rows)
+    successes = sum(row.successes for row in rows)
+    weighted = [(row.p50_ms, row.successes) for row in rows if row.p50_ms is not None and row.successes]
+    p50 = sum(v * n for v, n in weighted) / sum(n for _, n in weighted) if weighted else 0.0
+    low = min((row.min_ms for row in rows if row.min_ms is not None), default=p50)
+    high = max((row.p95_ms for row in rows if row.p95_ms is not None), default=p50)
+    return Bucket(start, samples, samples - successes, low, p50, p50, p50, high, rolled_up=True)
 
 
 def loss_colour(share: float) -> str:
@@ -118,10 +151,8 @@ def _bucket(bucket: Bucket, x: float, width: float, y: Callable[[float], float])
         items.append(_band(x, width, y(bucket.p90), y(bucket.p10), "smoke-outer"))
         items.append(_band(x, width, y(bucket.p75), y(bucket.p25), "smoke-inner"))
         items.append(f'<rect x="{x:.1f}" y="{y(bucket.p50) - 1.5:.1f}" width="{width:.1f}" height="3" fill="{loss_colour(bucket.failed_share)}"/>')
-        summary = (
-            f"{when}: median {bucket.p50:.0f} ms (p10 {bucket.p10:.0f}, p90 {bucket.p90:.0f}), "
-            f"{bucket.samples} samples, {bucket.failures} failed"
-        )
+        spread = f"min {bucket.p10:.0f}, p95 {bucket.p90:.0f}, hourly roll-ups" if bucket.rolled_up else f"p10 {bucket.p10:.0f}, p90 {bucket.p90:.0f}"
+        summary = f"{when}: median {bucket.p50:.0f} ms ({spread}), {bucket.samples} samples, {bucket.failures} failed"
     if bucket.failures:
         opacity = 0.35 + 0.65 * bucket.failed_share
         items.append(f'<rect x="{x:.1f}" y="{STRIP[0]}" width="{width:.1f}" height="{STRIP[1] - STRIP[0]}" fill="#dc2626" fill-opacity="{opacity:.2f}"/>')
@@ -143,17 +174,24 @@ def _y_axis(y_max: float, y: Callable[[float], float]) -> list[str]:
     return parts
 
 
+TICK_STEPS_H = (1, 3, 6, 12, 24, 48, 168)
+
+
 def _x_axis(start: float, span: float) -> list[str]:
-    """Gridlines on the local clock's whole three hours, so times read like a wall clock."""
+    """Gridlines on whole local hours or days (at most eight), so times read like a wall clock."""
     parts = []
+    step_h = next((h for h in TICK_STEPS_H if span / (h * 3600) <= 8), TICK_STEPS_H[-1])
+    label = "%H:%M" if step_h < 24 else "%m-%d"
     local = time.localtime(start)
-    tick = start - (local.tm_min * 60 + local.tm_sec) + (3 - local.tm_hour % 3) * 3600
+    tick = start - (local.tm_min * 60 + local.tm_sec) + 3600  # the next whole local hour
+    while time.localtime(tick).tm_hour % min(step_h, 24):
+        tick += 3600
     label_y = HEIGHT - 14
     while tick < start + span:
         x = LEFT + (tick - start) / span * (RIGHT - LEFT)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{PLOT_BOTTOM}" class="grid"/>')
         if x < RIGHT - 36:
-            parts.append(f'<text x="{x:.1f}" y="{label_y}" class="tick" text-anchor="middle">{time.strftime("%H:%M", time.localtime(tick))}</text>')
-        tick += 3 * 3600
+            parts.append(f'<text x="{x:.1f}" y="{label_y}" class="tick" text-anchor="middle">{time.strftime(label, time.localtime(tick))}</text>')
+        tick += step_h * 3600
     parts.append(f'<text x="{RIGHT}" y="{label_y}" class="tick" text-anchor="end">now</text>')
     return parts

@@ -417,5 +417,75 @@ def remove(name: str, config_path: str | None, as_json: bool) -> None:
     output.config_edited(remove_line(editable_path(config_path), name), "removed", as_json)
 
 
+def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    def seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
+        from .config import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return click.option("--since", "span_s", default="24h", show_default=True, callback=seconds, help="How far back: 90m, 24h, 7d.")(command)
+
+
+@cli.command()
+@_span_option
+@click.option("--line", "names", multiple=True, shell_complete=_line_names, help="Only this line (repeatable).")
+@click.option("--buckets", type=click.IntRange(4, 500), help="Marks per line (default: fits the terminal).")
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def history(span_s: float, names: tuple[str, ...], buckets: int | None, config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Show how each line behaved: sparklines of median latency and failures, and the switches.
+
+    \b
+    Example:
+        linepicker history --since 7d --line main
+    """
+    from . import output
+    from .history import history as load_history
+
+    config = _load(config_path)
+    width = buckets or max(12, min(120, output.stdout.width - 4))
+    with _open_store(db_path) as store:
+        result = load_history(config, store, span_s, names, width)
+    if as_json:
+        output.print_json(output.history_json(result))
+    else:
+        output.render_history(result)
+
+
+@cli.command()
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@_span_option
+@_config_option
+@_db_option
+@_json_option
+@_fails_cleanly
+def report(html_path: str, span_s: float, config_path: str | None, db_path: str | None, as_json: bool) -> None:
+    """Write one self-contained HTML file with each line's latency chart and the switches.
+
+    \b
+    Example:
+        linepicker report --html relay.html --since 7d && xdg-open relay.html
+    """
+    import time
+    from pathlib import Path
+
+    from . import output
+    from .history import history as load_history
+    from .page import render_report
+    from .targets import atomic_write
+
+    config = _load(config_path)
+    with _open_store(db_path) as store:
+        result = load_history(config, store, span_s)
+    path = Path(html_path)
+    atomic_write(path, render_report(result, str(config.source), time.time()).encode("utf-8"))
+    output.report_written(path, result, as_json)
+
+
 def main() -> None:
     cli()

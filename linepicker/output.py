@@ -172,7 +172,7 @@ def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[
 def _table(title: str, headers: tuple[str, ...]) -> Table:
     table = Table(title=title, title_justify="left")
     for header in headers:
-        table.add_column(header, justify="left" if header in ("", "line", "outcome", "last outcome") else "right")
+        table.add_column(header, justify="left" if header in ("", "line", "outcome", "last outcome", "when", "change", "why") else "right")
     return table
 
 
@@ -337,3 +337,94 @@ def config_edited(edit: Any, action: str, as_json: bool) -> None:
     stdout.print(f"{action} {escape(what)} {'to' if action == 'added' else 'from'} {escape(str(edit.path))}")
     for text in edit.notes:
         note(text)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _bucket_json(bucket: Any) -> dict[str, Any]:
+    ok = bucket.samples > bucket.failures
+    return {
+        "start": when(bucket.start),
+        "samples": bucket.samples,
+        "failures": bucket.failures,
+        "p50_ms": round(bucket.p50, 3) if ok else None,
+        "p10_ms": round(bucket.p10, 3) if ok and not bucket.rolled_up else None,
+        "p90_ms": round(bucket.p90, 3) if ok and not bucket.rolled_up else None,
+        "rolled_up": bucket.rolled_up,
+    }
+
+
+def history_json(history: Any) -> dict[str, Any]:
+    return {
+        "since": when(history.since),
+        "until": when(history.until),
+        "bucket_s": round(history.bucket_s, 3),
+        "lines": [
+            {"name": entry.line.name, "url": entry.line.url, "buckets": [_bucket_json(b) for b in entry.series.buckets]}
+            for entry in history.lines
+        ],
+        "decisions": [_decision_json(d) for d in history.decisions],
+    }
+
+
+def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
+    """Median latency from 0 to `high` (one scale for every line, so they compare at a glance),
+    coloured by failure share; and the failure share itself."""
+    from rich.text import Text
+
+    from .chart import loss_colour
+
+    latency, failures = Text(), Text()
+    for bucket in buckets:
+        if not bucket.samples:
+            latency.append(" ")
+            failures.append(" ")
+            continue
+        if bucket.samples == bucket.failures:
+            latency.append("✗", style="bold red")
+        else:
+            level = min(len(SPARKS) - 1, int(bucket.p50 / high * len(SPARKS))) if high > 0 else 0
+            latency.append(SPARKS[level], style=loss_colour(bucket.failed_share))
+        share = bucket.failed_share
+        failures.append(SPARKS[min(len(SPARKS) - 1, int(share * len(SPARKS)))] if share else " ", style="red")
+    return latency, failures
+
+
+def render_history(history: Any) -> None:
+    from .history import span_text
+
+    span = history.until - history.since
+    high = max((b.p50 for e in history.lines for b in e.series.buckets if b.samples > b.failures), default=0.0)
+    stdout.print(
+        f"[bold]last {span_text(span)}[/], one mark per {span_text(history.bucket_s)}: median time to first byte "
+        f"(▁ 0 … █ {high:.0f} ms; [red]✗[/] every sample failed), share of failures below"
+    )
+    for entry in history.lines:
+        buckets = entry.series.buckets
+        medians = [b.p50 for b in buckets if b.samples > b.failures]
+        samples = sum(b.samples for b in buckets)
+        failed = sum(b.failures for b in buckets)
+        latency, failures = _sparklines(buckets, high)
+        figures = f"{min(medians):.0f}–{max(medians):.0f} ms" if medians else "no success"
+        share = f"{failed / samples:.0%} failed" if samples else "never probed"
+        stdout.print(f"[bold]{escape(entry.line.name)}[/] {escape(entry.line.url)}  {figures}, {share} of {samples}")
+        stdout.print("  ", latency, sep="")
+        if failed:
+            stdout.print("  ", failures, sep="")
+    if not history.decisions:
+        stdout.print("no switches in this period")
+        return
+    table = _table(f"{len(history.decisions)} decisions", ("when", "change", "why"))
+    for decision in history.decisions:
+        table.add_row(when(decision.decided_at), f"{escape(decision.previous or '–')} → {escape(decision.name)}", escape(decision.reason))
+    stdout.print(table)
+
+
+def report_written(path: Any, history: Any, as_json: bool) -> None:
+    from .history import span_text
+
+    if as_json:
+        print_json({"path": str(path), "since": when(history.since), "until": when(history.until), "lines": [e.line.name for e in history.lines]})
+    else:
+        stdout.print(f"wrote {escape(str(path))}: {len(history.lines)} lines, {len(history.decisions)} decisions, last {span_text(history.until - history.since)}")

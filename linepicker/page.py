@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from . import __version__
-from .chart import LOSS_COLOURS
+from .chart import LOSS_COLOURS, Series, svg
+from .history import History, span_text
 from .live import LineView
 from .picker import Status
 from .probe import Phases
@@ -47,7 +48,7 @@ def render(page: Page) -> str:
  · {_last_round(page)} · refreshes every {page.refresh_s} s</p></header>
 {_choice(page.status, page.now)}
 <section class="lines">{cards}</section>
-{_legend()}
+{_legend("the last 24 h in 10-minute buckets")}
 {_decisions(page.status.decisions, page.now)}
 <footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {page.rounds} rounds since start ·
 <a href="api/status">/api/status</a> · <a href="metrics">/metrics</a> · linepicker {__version__}</footer>
@@ -114,9 +115,9 @@ def _phases(phases: Phases | None) -> str:
     return " · ".join(f"{label} {value:.0f} ms" for label, value in parts if value is not None) or "no phase reached"
 
 
-def _legend() -> str:
+def _legend(period: str) -> str:
     swatches = "".join(f'<span><i style="background:{colour}"></i>median, {words}</span>' for _, colour, words in LOSS_COLOURS)
-    return f"""<p class="legend muted">Charts: time to first byte over the last 24 h in 10-minute buckets. {swatches}
+    return f"""<p class="legend muted">Charts: time to first byte over {html.escape(period)}. {swatches}
 <span><i class="smoke"></i>spread p10–p90 (darker p25–p75)</span><span><i class="dead"></i>every sample failed</span>
 <span><i class="failed"></i>failures in the bucket</span></p>"""
 
@@ -209,3 +210,37 @@ h3 { font-size: 17px; margin: 0; }
 footer { margin-top: 18px; }
 footer a { color: var(--accent); }
 """
+
+
+def render_report(history: History, config_source: str, now: float) -> str:
+    """The charts of the status page for any period, as one file that opens anywhere, offline, for ever."""
+    span = span_text(history.until - history.since)
+    cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span) for entry in history.lines)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>linepicker report: last {span}</title>
+<style>{CSS}</style></head>
+<body><main>
+<header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(history.since)} – {_clock(history.until)}
+ · written {_clock(now)}</p></header>
+<section class="lines">{cards}</section>
+{_legend(f"the last {span} in {span_text(history.bucket_s)} buckets")}
+{_decisions(list(reversed(history.decisions)), now) or '<section class="history"><h2>No switches in this period</h2></section>'}
+<footer class="muted">config {html.escape(config_source)} · linepicker {__version__}</footer>
+</main></body></html>
+"""
+
+
+def _report_card(name: str, url: str, series: Series, span: str) -> str:
+    buckets = series.buckets
+    samples = sum(b.samples for b in buckets)
+    failures = sum(b.failures for b in buckets)
+    medians = [b.p50 for b in buckets if b.successes]
+    return f"""<article class="card">
+<div class="head"><h3>{html.escape(name)}</h3></div>
+<div class="url">{html.escape(url)}</div>
+<dl class="figures">{_figure("best median", _ms(min(medians, default=None)))}{_figure("worst median", _ms(max(medians, default=None)))}
+{_figure("success", _rate((samples - failures) / samples if samples else None))}{_figure("samples", str(samples))}</dl>
+{svg(series, f"{name}: time to first byte, last {span}")}</article>"""
+

@@ -39,6 +39,18 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class HourRow:
+    """One line's hour, rolled up: the history that outlives the raw samples."""
+
+    hour: float  # unix time of the hour's start
+    samples: int
+    successes: int
+    p50_ms: float | None
+    p95_ms: float | None
+    min_ms: float | None
+
+
+@dataclass(frozen=True)
 class RollUp:
     samples: int  # raw samples folded into hourly rows and deleted
     hours: int  # hourly rows written or merged
@@ -344,9 +356,10 @@ class Store:
             )
         )
 
-    def decisions(self, limit: int = 10) -> list[Decision]:
+    def decisions(self, limit: int = 10, since: float = 0.0) -> list[Decision]:
+        """Newest first."""
         rows = self.db.execute(
-            "select name, url, previous, reason, decided_at from decisions order by id desc limit ?", [limit]
+            "select name, url, previous, reason, decided_at from decisions where decided_at >= ? order by id desc limit ?", [since, limit]
         ).fetchall()
         return [Decision(*row) for row in rows]
 
@@ -425,6 +438,20 @@ class Store:
         if old is not None:
             row = _merged_hour(row, old)
         self.db["hourly"].upsert(row, pk=("line_id", "hour"))
+
+    def hours_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[HourRow]]:
+        """Hourly roll-ups per line from a time on, oldest first: all that is left of samples past retention.raw."""
+        names = {line_id: name for name, line_id in line_ids.items()}
+        result: dict[str, list[HourRow]] = {name: [] for name in line_ids}
+        marks = ",".join("?" * len(names))
+        rows = self.db.execute(
+            f"select line_id, hour, samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms from hourly "
+            f"where line_id in ({marks}) and hour >= ? order by hour",
+            [*names, since - 3600],
+        )
+        for line_id, *row in rows:
+            result[names[line_id]].append(HourRow(*row))
+        return result
 
     def prune_hourly(self, before: float) -> int:
         """Delete hourly rows older than `before`: the end of the record, so the file stays bounded."""

@@ -22,6 +22,7 @@ from linepicker.daemon import Daemon, retain
 from linepicker.probe import Phases, Sample
 from linepicker.store import Store
 from linepicker.web import Listen
+from seed import seed_history
 from servers import Relay
 
 FAST = {"timeout": 1, "samples": 1, "interval": 0.3, "down_interval": 0.15}
@@ -418,25 +419,6 @@ def test_service_install_writes_a_unit_that_runs_this_daemon(write_config, relay
     assert json.loads(run("service", "uninstall", "--json", db=None).stdout) == {"removed": str(unit)}
     assert not unit.exists()
     assert run("service", "uninstall", db=None).stdout.startswith("no linepicker service file")
-
-
-def seed_history(store: Store, config_path: Path, hours: float = 24) -> None:
-    """A day of made-up samples, so the page's charts have something to show: steady, slow-and-flaky, and an outage."""
-    import random
-
-    config = load_config(config_path)
-    ids = store.line_ids(config.active_lines)
-    rng = random.Random(7)
-    now = time.time()
-    samples = []
-    for minute in range(int(hours * 60), 0, -2):
-        at = now - minute * 60
-        samples.append(Sample("a", 0, at, "ok", True, Phases(ttfb_ms=rng.gauss(40, 4))))
-        flaky = rng.random() < 0.15
-        samples.append(Sample("b", 0, at, "http_5xx" if flaky else "ok", not flaky, Phases(ttfb_ms=None if flaky else rng.gauss(120, 25))))
-        down = 6 * 60 < minute < 8 * 60
-        samples.append(Sample("c", 0, at, "timeout" if down else "ok", not down, Phases(ttfb_ms=None if down else rng.gauss(80, 10))))
-    store.add_samples(store.start_round("daemon"), ids, samples)
 
 
 def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: Path) -> None:
