@@ -6,7 +6,6 @@ new shell and must not pay for aiohttp, rich or YAML that it never uses.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sys
 from typing import Any, Callable
@@ -98,6 +97,8 @@ def cli() -> None:
 
 
 def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choose: bool) -> Any:
+    import asyncio
+
     from . import output, picker
 
     config = _load(config_path)

@@ -33,14 +33,32 @@ class Line:
     insecure: bool = False  # skip certificate checks for this line only; never the default
 
 
+API_STYLES = ("openai", "anthropic")
+CHAT_PROMPT = "Count from 1 to 20, separated by spaces."
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """The opt-in streaming chat probe: it costs tokens, so it runs only when configured."""
+
+    model: str
+    every: int = 1  # rounds between chat probes of a line whose last one succeeded
+    max_tokens: int = 20
+    prompt: str = CHAT_PROMPT
+    timeout: float = 15.0  # a total deadline for the whole answer
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     path: str = "/v1/models"
     timeout: float = 5.0
     samples: int = 3
-    concurrency: int = 1000  # lines probed at once: a dead line holds its slot for a whole timeout
+    concurrency: int = 50  # lines probed at once; more make the event loop late to read answers (docs/benchmarks.md)
     interval: float = 60.0  # daemon: seconds between full rounds
     down_interval: float = 10.0  # daemon: re-probe of lines that are down, like HAProxy's downinter
+    api: str = "openai"  # which API's headers, answers and chat stream: openai or anthropic
+    require_models: tuple[str, ...] = ()  # model ids every eligible line must list
+    chat: ChatSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -325,7 +343,7 @@ class _Validator:
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:
             return ProbeSettings()
-        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval"})
+        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "api", "require_models", "chat"})
         settings: dict[str, Any] = {}
         if "path" in keys:
             path = self.text(keys["path"], "probe.path")
@@ -341,7 +359,40 @@ class _Validator:
         for key in ("interval", "down_interval"):
             if key in keys:
                 settings[key] = self.duration(keys[key], f"probe.{key}")
+        if "api" in keys:
+            api = self.text(keys["api"], "probe.api")
+            if api not in API_STYLES:
+                raise self.fail(keys["api"], f"probe.api must be one of {', '.join(API_STYLES)}, got {api!r}")
+            settings["api"] = api
+        if "require_models" in keys:
+            settings["require_models"] = self.models(keys["require_models"], settings.get("path", ProbeSettings.path))
+        if "chat" in keys:
+            settings["chat"] = self.chat(keys["chat"])
         return ProbeSettings(**settings)
+
+    def models(self, node: yaml.Node, path: str) -> tuple[str, ...]:
+        """Model ids are checked against the answer to probe.path, so that path has to be the model list."""
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, "probe.require_models must name a model or a list of them")
+        if not path.rstrip("/").endswith("/models"):
+            raise self.fail(node, f"probe.require_models is checked against the model list, but probe.path is {path!r} (use /v1/models)")
+        return tuple(dict.fromkeys(self.text(item, "probe.require_models entry") for item in items))
+
+    def chat(self, node: yaml.Node) -> ChatSettings:
+        keys = self.mapping(node, "probe.chat", {"model", "every", "max_tokens", "prompt", "timeout"})
+        if "model" not in keys:
+            raise self.fail(node, "probe.chat needs 'model:' (the model the chat probe asks)")
+        settings: dict[str, Any] = {"model": self.text(keys["model"], "probe.chat.model")}
+        if "every" in keys:
+            settings["every"] = self.whole(keys["every"], "probe.chat.every", 1, 100_000)
+        if "max_tokens" in keys:
+            settings["max_tokens"] = self.whole(keys["max_tokens"], "probe.chat.max_tokens", 1, 4096)
+        if "prompt" in keys:
+            settings["prompt"] = self.text(keys["prompt"], "probe.chat.prompt")
+        if "timeout" in keys:
+            settings["timeout"] = self.duration(keys["timeout"], "probe.chat.timeout")
+        return ChatSettings(**settings)
 
     def policy(self, node: yaml.Node | None) -> PolicySettings:
         if node is None:

@@ -111,7 +111,11 @@ class LiveState:
         config = self.config
         line_ids = self.store.line_ids(config.active_lines)
         window = self.store.window(line_ids, time.time() - config.policy.window)
-        return [policy.summarize(line.name, window[line.name], self.health_of(line.name).up) for line in config.active_lines]
+        errors = picker.model_errors(config, self.store, line_ids)
+        return [
+            policy.summarize(line.name, window[line.name], self.health_of(line.name).up, errors.get(line.name))
+            for line in config.active_lines
+        ]
 
     def status(self) -> picker.Status:
         """picker.status, judged with the daemon's rise/fall verdicts."""

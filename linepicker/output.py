@@ -127,6 +127,30 @@ def _stats_json(stats: LineStats, judgement: Judgement) -> dict[str, Any]:
     }
 
 
+def _chat_json(chat: Any) -> dict[str, Any] | None:
+    """A chat probe, this round's (ChatSample) or the latest recorded (ChatRow): both carry these fields."""
+    if chat is None:
+        return None
+    return {
+        "model": chat.model,
+        "outcome": chat.outcome,
+        "success": chat.success,
+        "ttft_ms": chat.ttft_ms,
+        "tokens": chat.tokens,
+        "tokens_per_s": chat.tokens_per_s,
+        "error": chat.error,
+        "at": when(chat.started_at),
+    }
+
+
+def _chat_cells(chat: Any) -> tuple[str, str]:
+    if chat is None:
+        return "-", "-"
+    if not chat.success:
+        return "[red]✗[/]", "-"
+    return _ms(chat.ttft_ms), "-" if chat.tokens_per_s is None else f"{chat.tokens_per_s:.0f}"
+
+
 def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
     if decision is None:
         return None
@@ -153,6 +177,8 @@ def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[
         entry["error"] = _last_error(report.samples)
         entry["outcomes"] = [s.outcome for s in report.samples]
         entry["phases"] = vars(round_phases(report.samples))
+        if config.probe.chat is not None:
+            entry["chat"] = _chat_json(report.chat)
         if with_samples:
             entry["samples"] = [_sample_json(s) for s in report.samples]
         lines.append(entry)
@@ -192,7 +218,9 @@ def _insecure_notes(lines: Iterable[Line]) -> None:
 
 def render_round(result: RoundResult, config: Config) -> None:
     chosen = result.verdict.chosen if result.verdict else None
-    table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score"))
+    chat = config.probe.chat is not None
+    headers = ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score") + (("ttft", "tok/s") if chat else ())
+    table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", headers)
     notes = []
     for report in result.lines:
         judgement = _judgement(result, report, config)
@@ -208,6 +236,7 @@ def render_round(result: RoundResult, config: Config) -> None:
             _ms(report.stats.p50_ms),
             _rate(report.stats.success_rate),
             _ms(judgement.score),
+            *(_chat_cells(report.chat) if chat else ()),
             style="bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim"),
         )
         notes.append((report.line.name, _last_error(report.samples) or judgement.why_not))
@@ -215,6 +244,8 @@ def render_round(result: RoundResult, config: Config) -> None:
     _notes(notes)
     _insecure_notes(report.line for report in result.lines)
     stdout.print("[dim]phases: this round's medians in ms; p50, success and score: the policy window[/]")
+    if chat:
+        stdout.print(f"[dim]ttft, tok/s: this round's chat with {escape(config.probe.chat.model)} (- : not due or the line did not answer)[/]")
     if result.verdict is None:
         return
     if result.no_eligible:
@@ -237,6 +268,8 @@ def status_json(status: Status, config: Config) -> dict[str, Any]:
         item["last_outcome"] = entry.last["outcome"] if entry.last else None
         item["error"] = entry.last["error"] if entry.last else None
         item["last_probed_at"] = when(entry.last["at"]) if entry.last else None
+        if config.probe.chat is not None:
+            item["chat"] = _chat_json(entry.chat)
         lines.append(item)
     return {
         "config": str(config.source),
@@ -251,7 +284,9 @@ def status_json(status: Status, config: Config) -> dict[str, Any]:
 
 def render_status(status: Status) -> None:
     chosen = status.choice.name if status.choice else None
-    table = _table(f"last {status.window_s / 60:g} min", ("", "line", "samples", "success", "p50", "p95", "score", "last outcome"))
+    chat = any(entry.chat for entry in status.lines)
+    headers = ("", "line", "samples", "success", "p50", "p95", "score", "last outcome") + (("ttft", "tok/s") if chat else ())
+    table = _table(f"last {status.window_s / 60:g} min", headers)
     notes = []
     for entry in status.lines:
         last = entry.last or {}
@@ -264,6 +299,7 @@ def render_status(status: Status) -> None:
             _ms(entry.stats.p95_ms),
             _ms(entry.judgement.score),
             escape(str(last.get("outcome", "never probed"))),
+            *(_chat_cells(entry.chat) if chat else ()),
             style="bold green" if entry.line.name == chosen else ("" if entry.judgement.eligible else "dim"),
         )
         notes.append((entry.line.name, last.get("error") or entry.judgement.why_not))

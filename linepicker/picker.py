@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import policy, probe, targets
 from .config import Config, Line
 from .policy import LineStats, Verdict
 from .probe import LineRun, Sample
-from .store import Decision, Store
+from .store import ChatRow, Decision, Store
+
+if TYPE_CHECKING:
+    from .chat import ChatSample
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class LineReport:
     line: Line
     samples: list[Sample]  # this round's
     stats: LineStats  # over the policy window, this round included
+    chat: ChatSample | None = None  # this round's chat probe, when one ran
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,50 @@ async def measure(
     lines = config.active_lines if lines is None else lines
     line_ids = store.line_ids(lines)
     round_id = store.start_round(kind)
-    runs = await probe.probe_round(lines, config.probe, config.api_key(), settled=settled, on_sample=on_sample)
+    key = config.api_key()
+    runs = await probe.probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample)
     for run in runs:
         store.add_samples(round_id, line_ids, run.samples)
+    if config.probe.chat is not None:
+        from . import chat
+
+        await chat.chat_round(runs, config.probe, key, chat_due(config, store, line_ids))
+        store.add_chats(round_id, line_ids, [run.chat for run in runs if run.chat is not None])
     return round_id, runs
+
+
+def chat_due(config: Config, store: Store, line_ids: dict[str, int]) -> set[str]:
+    """Lines to chat with this round: never asked this model, last answer failed (so a line recovers
+    within a round), or probe.chat.every rounds since the last answer. Called after the round's samples
+    are recorded, so this round counts."""
+    chat = config.probe.chat
+    assert chat is not None
+    latest = store.latest_chats(line_ids)
+    return {
+        name
+        for name in line_ids
+        if (row := latest.get(name)) is None or row.model != chat.model or not row.success or row.rounds_since >= chat.every
+    }
+
+
+def latest_chats(config: Config, store: Store, line_ids: dict[str, int]) -> dict[str, ChatRow]:
+    """The chat probe that speaks for each line now: of the configured model, within the policy window."""
+    if config.probe.chat is None:
+        return {}  # chat turned off: old failures no longer count
+    rows = store.latest_chats(line_ids, time.time() - config.policy.window)
+    return {name: row for name, row in rows.items() if row.model == config.probe.chat.model}
+
+
+def model_errors(config: Config, store: Store, line_ids: dict[str, int]) -> dict[str, str]:
+    """Lines whose latest chat probe failed, with why: they are not eligible however well /v1/models answers."""
+    rows = latest_chats(config, store, line_ids)
+    return {name: error for name, row in rows.items() if (error := chat_error(row))}
+
+
+def chat_error(row: ChatRow | None) -> str | None:
+    if row is None or row.success:
+        return None
+    return f"{row.outcome}: {row.error}" if row.error else row.outcome
 
 
 def choose(config: Config, store: Store, stats: list[LineStats], round_id: int | None) -> tuple[Verdict, Decision | None]:
@@ -132,11 +176,13 @@ async def run_round(
         previous = store.choice()
         settled = _Settled(config, history, previous.name if previous else None, store.pinned())
     round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample)
+    errors = model_errors(config, store, line_ids)
     reports = [
         LineReport(
             run.line,
             run.samples,
-            policy.summarize(run.line.name, history[run.line.name] + finished(run.samples), round_up(run.samples)),
+            policy.summarize(run.line.name, history[run.line.name] + finished(run.samples), round_up(run.samples), errors.get(run.line.name)),
+            run.chat,
         )
         for run in runs
     ]
@@ -166,6 +212,7 @@ class LineStatus:
     stats: LineStats
     judgement: policy.Judgement
     last: dict | None  # newest sample: outcome, error, at
+    chat: ChatRow | None = None  # newest chat probe in the window, when probe.chat is on
 
 
 @dataclass(frozen=True)
@@ -184,10 +231,12 @@ def status(config: Config, store: Store) -> Status:
     window = store.window(line_ids, time.time() - config.policy.window)
     up = store.latest_round_up(line_ids)
     last = store.last_samples(line_ids)
+    chats = latest_chats(config, store, line_ids)
     entries = []
     for line in lines:
-        stats = policy.summarize(line.name, window[line.name], up.get(line.name, True))
-        entries.append(LineStatus(line, stats, policy.judge(stats, config.policy), last.get(line.name)))
+        chat = chats.get(line.name)
+        stats = policy.summarize(line.name, window[line.name], up.get(line.name, True), chat_error(chat))
+        entries.append(LineStatus(line, stats, policy.judge(stats, config.policy), last.get(line.name), chat))
     return Status(entries, store.choice(), store.pinned(), store.decisions(10), config.policy.window)
 
 

@@ -21,6 +21,7 @@ class LineStats:
     p50_ms: float | None  # of the successful samples' time to first byte
     p95_ms: float | None
     up: bool = True  # the caller's verdict on the latest evidence: a line that just died is not up
+    model_error: str | None = None  # the latest chat probe failed: the API lists models but cannot answer
 
     @property
     def success_rate(self) -> float | None:
@@ -54,7 +55,7 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarize(name: str, outcomes: Iterable[tuple[bool, float | None]], up: bool = True) -> LineStats:
+def summarize(name: str, outcomes: Iterable[tuple[bool, float | None]], up: bool = True, model_error: str | None = None) -> LineStats:
     """Fold (success, ttfb_ms) pairs into the figures the policy judges by."""
     total = 0
     latencies = []
@@ -69,6 +70,7 @@ def summarize(name: str, outcomes: Iterable[tuple[bool, float | None]], up: bool
         p50_ms=percentile(latencies, 0.5),
         p95_ms=percentile(latencies, 0.95),
         up=up,
+        model_error=model_error,
     )
 
 
@@ -79,6 +81,8 @@ def judge(stats: LineStats, settings: PolicySettings) -> Judgement:
         return Judgement(None, False, "no successful sample in the window")
     if not stats.up:
         return Judgement(None, False, "down: failed its latest probes")
+    if stats.model_error:
+        return Judgement(None, False, f"model calls fail: {stats.model_error}")
     if rate < settings.min_success_rate:
         return Judgement(None, False, f"success {rate:.0%} is below the minimum {settings.min_success_rate:.0%}")
     return Judgement(stats.p50_ms + (1 - rate) * settings.failure_penalty_ms, True, None)

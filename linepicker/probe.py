@@ -10,8 +10,10 @@ very phases a user's first request pays for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import errno
+import functools
 import json
 import os
 import socket
@@ -19,16 +21,22 @@ import ssl
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from . import __version__
 from .config import Line, ProbeSettings
 
+if TYPE_CHECKING:
+    import aiohttp  # imported where probes run: `status` and `--help` read samples without paying for it
+
+    from .chat import ChatSample
+
 BODY_CAP = 64 * 1024
+MODELS_CAP = 4 * 2**20  # require_models needs the whole list; some relays list thousands of models
 MAX_REDIRECTS = 5
+ANTHROPIC_VERSION = "2023-06-01"
+API_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic"}
 
 # Outcomes, in the words a user reads in the table.
 OK = "ok"
@@ -45,6 +53,8 @@ NOT_API = "not_api"
 AUTH = "auth"
 RATE_LIMITED = "rate_limited"
 UNFINISHED = "unfinished"
+MISSING_MODEL = "missing_model"
+MODEL_ERROR = "model_error"
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,26 @@ def make_ssl_context(verify: bool = True) -> ssl.SSLContext:
     """Verified TLS as the OpenAI SDK does it: system store, SSL_CERT_FILE/SSL_CERT_DIR honoured.
 
     `verify=False` exists only for lines the user marked `insecure: true`.
+    Loading the store costs ~25 ms of CPU, half of a daemon's round over 20
+    lines, so a context is reused until the store's paths or mtimes change.
     """
+    return _ssl_context(verify, _trust_store_stamp() if verify else ())
+
+
+def _trust_store_stamp() -> tuple[tuple[str | None, float | None], ...]:
+    paths = ssl.get_default_verify_paths()  # SSL_CERT_FILE and SSL_CERT_DIR already applied
+    return tuple((path, _mtime(path)) for path in (paths.cafile, paths.capath))
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(verify: bool, stamp: tuple[tuple[str | None, float | None], ...]) -> ssl.SSLContext:
     context = _TimedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if verify:
         context.load_default_certs()
@@ -154,7 +183,10 @@ def make_ssl_context(verify: bool = True) -> ssl.SSLContext:
     return context
 
 
+@functools.cache
 def _trace_config() -> aiohttp.TraceConfig:
+    import aiohttp
+
     def stamp(attr: str) -> Callable[..., Awaitable[None]]:
         async def handler(session: Any, ctx: Any, params: Any) -> None:
             setattr(ctx.trace_request_ctx, attr, time.perf_counter())
@@ -163,6 +195,7 @@ def _trace_config() -> aiohttp.TraceConfig:
 
     async def redirect(session: Any, ctx: Any, params: Any) -> None:
         ctx.trace_request_ctx.new_hop()
+        _drop_key_leaving_origin(params)
 
     trace = aiohttp.TraceConfig()
     trace.on_dns_resolvehost_start.append(stamp("dns_start"))
@@ -174,13 +207,48 @@ def _trace_config() -> aiohttp.TraceConfig:
     return trace
 
 
-def proxy_for(line: Line, url: str) -> str | None:
-    """The proxy the OpenAI SDK would use for this URL: the line's own, else HTTPS_PROXY/NO_PROXY."""
+def _drop_key_leaving_origin(params: Any) -> None:
+    """aiohttp drops Authorization on a redirect to another origin, but not Anthropic's x-api-key.
+
+    The headers handed to this trace signal are the ones the next hop sends, so
+    the key is removed from them here, before that request is made.
+    """
+    from yarl import URL
+
+    if "x-api-key" not in params.headers:
+        return
+    try:
+        target = params.url.join(URL(params.response.headers.get("Location", "")))
+        same = target.origin() == params.url.origin()
+    except ValueError:
+        same = False
+    if not same:
+        params.headers.popall("x-api-key", None)
+
+
+def api_headers(api: str, key: str | None, accept: str = "application/json") -> dict[str, str]:
+    """What a client of that API sends: OpenAI's Bearer key, or Anthropic's x-api-key and version."""
+    headers = {"User-Agent": f"linepicker/{__version__}", "Accept": accept}
+    if api == "anthropic":
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if key:
+            headers["x-api-key"] = key
+    elif key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def proxy_for(line: Line, url: str, environment: dict[str, str] | None = None) -> str | None:
+    """The proxy the OpenAI SDK would use for this URL: the line's own, else HTTPS_PROXY/NO_PROXY.
+
+    `environment` is getproxies_environment() read once by a round: reading it
+    walks all of os.environ, which per sample cost as much CPU as the probe itself.
+    """
     if line.proxy == "none":
         return None
     if line.proxy:
         return line.proxy
-    proxies = urllib.request.getproxies_environment()
+    proxies = urllib.request.getproxies_environment() if environment is None else environment
     host = urlsplit(url).hostname or ""
     if proxies.get("no") and urllib.request.proxy_bypass_environment(host, proxies):
         return None
@@ -194,33 +262,37 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-async def probe_once(line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext) -> Sample:
+async def probe_once(
+    line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext, proxy: str | None
+) -> Sample:
     """One request on a fresh connection, ended by a total deadline however the server misbehaves."""
     url = line.url + settings.path
-    headers = {"User-Agent": f"linepicker/{__version__}", "Accept": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    headers = api_headers(settings.api, key)
     stamps = _Stamps(start=time.perf_counter())
     started_at = time.time()
     token = _current_stamps.set(stamps)
     status = None
     try:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
-        async with aiohttp.ClientSession(connector=connector, trace_configs=[_TRACE], trust_env=False) as session:
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False) as session:
             async with asyncio.timeout(settings.timeout):
                 async with session.get(
                     url,
                     headers=headers,
-                    proxy=proxy_for(line, url),
+                    proxy=proxy,
                     max_redirects=MAX_REDIRECTS,
                     trace_request_ctx=stamps,
                     auto_decompress=True,
                 ) as response:
                     stamps.headers = time.perf_counter()
                     status = response.status
-                    body, complete = await _read_capped(response)
+                    body, complete = await _read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
                     stamps.body_end = time.perf_counter()
-                    outcome, error = classify_response(response.status, response.content_type, body, complete)
+                    outcome, error = classify_response(
+                        response.status, response.content_type, body, complete, settings.api, settings.require_models
+                    )
     except Exception as exc:
         outcome, error = classify_exception(exc, settings.timeout)
     finally:
@@ -239,15 +311,12 @@ async def probe_once(line: Line, seq: int, settings: ProbeSettings, key: str | N
     )
 
 
-_TRACE = _trace_config()
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    """Read at most BODY_CAP bytes: a block page or an endless stream must not cost memory."""
+async def _read_capped(response: aiohttp.ClientResponse, cap: int = BODY_CAP) -> tuple[bytes, bool]:
+    """Read at most `cap` bytes: a block page or an endless stream must not cost memory."""
     chunks: list[bytes] = []
     size = 0
-    while size < BODY_CAP:
-        chunk = await response.content.read(BODY_CAP - size)
+    while size < cap:
+        chunk = await response.content.read(cap - size)
         if not chunk:
             return b"".join(chunks), True
         chunks.append(chunk)
@@ -255,8 +324,10 @@ async def _read_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     return b"".join(chunks), response.content.at_eof()
 
 
-def classify_response(status: int, content_type: str, body: bytes, complete: bool) -> tuple[str, str | None]:
-    shape = _json_shape(body, complete)
+def classify_response(
+    status: int, content_type: str, body: bytes, complete: bool, api: str = "openai", require_models: tuple[str, ...] = ()
+) -> tuple[str, str | None]:
+    shape = _json_shape(body, complete, api)
     if status == 429:
         return RATE_LIMITED, "429 Too Many Requests"
     if status >= 500:
@@ -270,12 +341,27 @@ def classify_response(status: int, content_type: str, body: bytes, complete: boo
     if status >= 400:
         return HTTP_4XX, f"HTTP {status}" + _page_hint(content_type, body)
     if shape == "api":
-        return OK, None
-    return NOT_API, f"HTTP {status} but the body is not OpenAI-shaped JSON" + _page_hint(content_type, body)
+        return _missing_models(body, complete, require_models) if require_models else (OK, None)
+    return NOT_API, f"HTTP {status} but the body is not {API_NAMES[api]}-shaped JSON" + _page_hint(content_type, body)
 
 
-def _json_shape(body: bytes, complete: bool) -> str | None:
-    """'api' for an OpenAI-style object or list, 'error' for an OpenAI-style error, else None."""
+def _missing_models(body: bytes, complete: bool, required: tuple[str, ...]) -> tuple[str, str | None]:
+    """The line answers, but a client asking for a model it does not list would be refused."""
+    if not complete:
+        return PROTOCOL, f"the model list is longer than {MODELS_CAP // 2**20} MiB, so require_models cannot be checked"
+    data = json.loads(body).get("data")
+    listed = {item.get("id") for item in data if isinstance(item, dict)} if isinstance(data, list) else set()
+    missing = [model for model in required if model not in listed]
+    if missing:
+        return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({len(listed)} models listed)"
+    return OK, None
+
+
+def _json_shape(body: bytes, complete: bool, api: str = "openai") -> str | None:
+    """'api' for an answer of the API (OpenAI: an object or list; Anthropic: a `data` list), 'error' for its error, else None.
+
+    Anthropic's errors are {"type": "error", "error": {...}}; OpenAI's are {"error": {...}}: both carry `error`.
+    """
     if complete:
         try:
             data = json.loads(body)
@@ -285,6 +371,8 @@ def _json_shape(body: bytes, complete: bool) -> str | None:
             return None
         if "error" in data:
             return "error"
+        if api == "anthropic":
+            return "api" if isinstance(data.get("data"), list) else None
         return "api" if "data" in data or "object" in data else None
     head = body[:4096].lstrip()
     if not head.startswith(b"{"):
@@ -313,6 +401,8 @@ def _html_title(body: bytes) -> str:
 
 
 def classify_exception(exc: Exception, timeout: float) -> tuple[str, str]:
+    import aiohttp
+
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return TIMEOUT, f"no complete answer within {timeout:g}s"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -382,6 +472,7 @@ class LineRun:
     samples: list[Sample] = field(default_factory=list)
     inflight_since: float | None = None  # perf_counter start of the sample in flight
     done: bool = False
+    chat: ChatSample | None = None  # the streaming chat probe, when one ran this round
 
 
 async def probe_line(
@@ -389,25 +480,66 @@ async def probe_line(
     settings: ProbeSettings,
     key: str | None,
     ssl_context: ssl.SSLContext,
-    limit: asyncio.Semaphore,
+    proxy: str | None,
+    limits: Limits,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> None:
-    """Samples of one line go one after another, so they never compete with each other."""
-    async with limit:
-        for seq in range(settings.samples):
+    """Samples of one line go one after another, so they never compete with each other.
+
+    Each sample queues for its places anew: every line's first sample goes
+    before any line's second, so a dead line starts its timeout early instead
+    of waiting behind the repeat samples of lines that answer.
+    """
+    for seq in range(settings.samples):
+        async with limits.sockets, limits.busy_place():
             run.inflight_since = time.perf_counter()
-            sample = await probe_once(run.line, seq, settings, key, ssl_context)
-            run.samples.append(sample)
-            run.inflight_since = None
-            if on_sample:
-                on_sample(sample)
-            if sample.outcome == TIMEOUT:
-                # Another sample would only cost another full timeout.
-                break
+            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy)
+        run.samples.append(sample)
+        run.inflight_since = None
+        if on_sample:
+            on_sample(sample)
+        if sample.outcome == TIMEOUT:
+            # Another sample would only cost another full timeout.
+            break
     run.done = True
 
 
 Settled = Callable[[list[LineRun]], bool]
+
+LEASE_S = 0.1
+
+
+@dataclass
+class Limits:
+    """How much of a round runs at once.
+
+    `sockets` keeps the open connections within the open-file limit. `busy` is
+    probe.concurrency: every sample in flight costs the one event loop CPU, and an answer that arrives while the loop is
+    busy waits unread, which inflates the time measured (docs/benchmarks.md). A
+    sample still waiting after LEASE_S gives its place back: waiting costs the
+    loop nothing, and a dead line must not hold a place for a whole timeout.
+    """
+
+    sockets: asyncio.Semaphore
+    busy: asyncio.Semaphore
+
+    @contextlib.asynccontextmanager
+    async def busy_place(self) -> AsyncIterator[None]:
+        await self.busy.acquire()
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                self.busy.release()
+
+        lease = asyncio.get_running_loop().call_later(LEASE_S, give_back)
+        try:
+            yield
+        finally:
+            lease.cancel()
+            give_back()
 
 
 def socket_budget() -> int:
@@ -440,10 +572,16 @@ async def probe_round(
     not waited for, rather than pretending they failed.
     """
     contexts = {verify: make_ssl_context(verify) for verify in {not line.insecure for line in lines}}
-    limit = asyncio.Semaphore(min(settings.concurrency, socket_budget()))
+    limits = Limits(sockets=asyncio.Semaphore(socket_budget()), busy=asyncio.Semaphore(settings.concurrency))
+    environment = urllib.request.getproxies_environment()
     runs = [LineRun(line) for line in lines]
     tasks = {
-        asyncio.ensure_future(probe_line(run, settings, key, contexts[not run.line.insecure], limit, on_sample)): run
+        asyncio.ensure_future(
+            probe_line(
+                run, settings, key, contexts[not run.line.insecure],
+                proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample,
+            )
+        ): run
         for run in runs
     }
     pending = set(tasks)

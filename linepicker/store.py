@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
 from .errors import StoreError
+from .shellenv import BUSY_TIMEOUT_S
 
 if TYPE_CHECKING:
     import sqlite_utils
 
     from .config import Line
 
+    from .chat import ChatSample
     from .probe import Sample
 
-BUSY_TIMEOUT_S = 10.0
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
 
@@ -51,6 +52,21 @@ class HourRow:
 
 
 @dataclass(frozen=True)
+class ChatRow:
+    """A line's latest chat probe: whether its model calls work, and how fast they are."""
+
+    model: str
+    outcome: str
+    success: bool
+    error: str | None
+    ttft_ms: float | None
+    tokens: int | None
+    tokens_per_s: float | None
+    started_at: float
+    rounds_since: int  # rounds that measured the line after this chat's round
+
+
+@dataclass(frozen=True)
 class RollUp:
     samples: int  # raw samples folded into hourly rows and deleted
     hours: int  # hourly rows written or merged
@@ -70,27 +86,10 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_choice(path: Path) -> Decision | None:
-    """The last decision, read with the standard library alone.
+    """The last decision, read-only and with the standard library alone (see shellenv.last_choice)."""
+    from .shellenv import last_choice
 
-    This is the `linepicker env` path that runs in every new shell: it opens the
-    file read-only, creates nothing and imports nothing heavy.
-    """
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            row = conn.execute(
-                "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise StoreError(f"{path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: not a usable linepicker database ({exc})") from None
+    row = last_choice(str(path))
     return Decision(*row) if row else None
 
 
@@ -155,9 +154,48 @@ def _migration_2(db: "sqlite_utils.Database") -> None:
     db["samples"].create_index(["started_at"])
 
 
+def _migration_3(db: "sqlite_utils.Database") -> None:
+    """Retention drops a round once none of its samples is left, which without this index scans
+    every sample for each round: a minute per hourly run at 10 M samples (docs/benchmarks.md)."""
+    db["samples"].create_index(["round_id"])
+
+
+def _migration_4(db: "sqlite_utils.Database") -> None:
+    """Streaming chat probes (probe.chat): a table of their own, as their timings are not a ttfb to mix with the models probes'."""
+    db["chats"].create(
+        {
+            "id": int,
+            "round_id": int,
+            "line_id": int,
+            "started_at": float,
+            "model": str,
+            "outcome": str,
+            "success": int,
+            "status": int,
+            "error": str,
+            "dns_ms": float,
+            "connect_ms": float,
+            "tls_ms": float,
+            "ttfb_ms": float,  # request sent -> response headers
+            "ttft_ms": float,  # request sent -> first text
+            "total_ms": float,
+            "tokens": int,
+            "tokens_per_s": float,
+            "usage": int,  # 1: tokens counted by the API, 0: text chunks counted
+            "key_sent": int,
+        },
+        pk="id",
+        foreign_keys=[("round_id", "rounds", "id"), ("line_id", "lines", "id")],
+    )
+    db["chats"].create_index(["line_id", "started_at"])
+    db["chats"].create_index(["started_at"])
+
+
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
+    ("0003_samples_by_round", _migration_3),
+    ("0004_chats", _migration_4),
 ]
 
 
@@ -296,6 +334,53 @@ class Store:
         if rows:
             self._write(lambda: self.db["samples"].insert_all(rows))
 
+    def add_chats(self, round_id: int, line_ids: dict[str, int], chats: Iterable["ChatSample"]) -> None:
+        rows = [
+            {
+                "round_id": round_id,
+                "line_id": line_ids[c.line],
+                "started_at": c.started_at,
+                "model": c.model,
+                "outcome": c.outcome,
+                "success": int(c.success),
+                "status": c.status,
+                "error": c.error,
+                "dns_ms": c.phases.dns_ms,
+                "connect_ms": c.phases.connect_ms,
+                "tls_ms": c.phases.tls_ms,
+                "ttfb_ms": c.phases.ttfb_ms,
+                "ttft_ms": c.ttft_ms,
+                "total_ms": c.phases.total_ms,
+                "tokens": c.tokens,
+                "tokens_per_s": c.tokens_per_s,
+                "usage": int(c.usage),
+                "key_sent": int(c.key_sent),
+            }
+            for c in chats
+        ]
+        if rows:
+            self._write(lambda: self.db["chats"].insert_all(rows))
+
+    def latest_chats(self, line_ids: dict[str, int], since: float = 0.0) -> dict[str, ChatRow]:
+        """Each line's newest chat probe since a time, and how many rounds have measured the line after it."""
+        result = {}
+        for name, line_id in line_ids.items():
+            row = self.db.execute(
+                "select round_id, model, outcome, success, error, ttft_ms, tokens, tokens_per_s, started_at from chats "
+                "where line_id = ? and started_at >= ? order by started_at desc limit 1",
+                [line_id, since],
+            ).fetchone()
+            if row is None:
+                continue
+            round_id, *fields = row
+            later = self.db.execute(
+                "select count(distinct round_id) from samples where line_id = ? and started_at > ? and round_id > ?",
+                [line_id, fields[-1], round_id],
+            ).fetchone()[0]
+            model, outcome, success, error, ttft, tokens, rate, at = fields
+            result[name] = ChatRow(model, outcome, bool(success), error, ttft, tokens, rate, at, later)
+        return result
+
     def finish_round(self, round_id: int, chosen: str | None, reason: str) -> None:
         self._write(
             lambda: self.db["rounds"].update(round_id, {"finished_at": time.time(), "chosen": chosen, "reason": reason})
@@ -331,17 +416,21 @@ class Store:
 
     def latest_round_up(self, line_ids: dict[str, int]) -> dict[str, bool]:
         """Whether each line answered at least once in the latest round that measured it."""
-        result = {}
+        result: dict[str, tuple[int, bool]] = {}  # name -> (latest round, answered in it)
         for name, line_id in line_ids.items():
+            # Read newest first and stop at the previous round: a round's samples are the newest few
+            # rows, and each row read costs a table lookup (1,000 lines: 11 ms, against 78 ms for 100 rows each).
             rows = self.db.execute(
                 "select round_id, success from samples where line_id = ? and success is not null "
-                "order by started_at desc limit 100",
+                "order by started_at desc",
                 [line_id],
-            ).fetchall()
-            if rows:
-                latest = rows[0][0]
-                result[name] = any(success for round_id, success in rows if round_id == latest)
-        return result
+            )
+            for round_id, success in rows:
+                latest = result.setdefault(name, (round_id, False))
+                if round_id != latest[0]:
+                    break
+                result[name] = (round_id, latest[1] or bool(success))
+        return {name: up for name, (_, up) in result.items()}
 
     def choice(self) -> Decision | None:
         row = self.db.execute(
@@ -421,6 +510,7 @@ class Store:
             for (line_id, hour), samples in hours.items():
                 self._merge_hour(_hour_row(line_id, hour, samples))
             self.db.execute("delete from samples where started_at < ?", [cutoff])
+            self.db.execute("delete from chats where started_at < ?", [cutoff])  # no hourly form: kept as long as raw samples
             gone = self.db.execute(
                 "delete from rounds where started_at < ? and not exists (select 1 from samples where samples.round_id = rounds.id)",
                 [cutoff],
@@ -437,7 +527,9 @@ class Store:
         ).fetchone()
         if old is not None:
             row = _merged_hour(row, old)
-        self.db["hourly"].upsert(row, pk=("line_id", "hour"))
+        # Plain SQL: sqlite_utils' upsert re-reads the table's schema on every call, 8 queries a row.
+        columns = ", ".join(row)
+        self.db.execute(f"insert or replace into hourly ({columns}) values ({', '.join('?' * len(row))})", list(row.values()))
 
     def hours_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[HourRow]]:
         """Hourly roll-ups per line from a time on, oldest first: all that is left of samples past retention.raw."""

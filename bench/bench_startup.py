@@ -1,0 +1,79 @@
+"""Start-up: `linepicker env` (and `--help`) against bare `python3 -c "import sqlite3"`, interleaved.
+
+Each round runs the three commands one after another, so drift of the machine hits
+them alike; the figures are medians. `env` reads a database holding one decision.
+Also checks, with `python -X importtime`, that the env path loads none of the heavy
+modules. Target (issue 5, #4): env <= 1.5x the reference.
+
+    python bench/run.py startup
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import Result, linepicker_exe, median, timed_run
+from configs import isolated_env
+
+HEAVY = ["aiohttp", "apscheduler", "sqlite_utils", "rich", "yaml", "click"]
+
+
+def seed_choice(db: Path) -> None:
+    from linepicker.store import Store
+
+    with Store(db) as store:
+        store.record_decision("main", "http://127.0.0.1:9/main", None, "bench", None)
+
+
+def loaded_modules(argv: list[str], env: dict[str, str]) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, env=env)
+    return {m.group(1).strip().split(".")[0] for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", proc.stderr, re.M)}
+
+
+def run(quick: bool = False) -> Result:
+    result = Result("startup", "python bench/run.py startup")
+    rounds = 5 if quick else 60
+    exe = linepicker_exe()
+    with tempfile.TemporaryDirectory(prefix="lp-bench-startup-") as tmp:
+        db = Path(tmp) / "lp.db"
+        seed_choice(db)
+        env = isolated_env(Path(tmp) / "home")
+        commands = {
+            "python3 -c 'import sqlite3'": [sys.executable, "-c", "import sqlite3"],
+            "linepicker env": [exe, "env", "--db", str(db)],
+            "linepicker --help": [exe, "--help"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(rounds):
+            for name, argv in commands.items():
+                wall, proc = timed_run(argv, env=env)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[:300]}")
+                times[name].append(wall)
+        heavy = sorted(set(HEAVY) & loaded_modules([exe, "env", "--db", str(db)], env))
+    ref, env_s, help_s = (median(times[n]) for n in commands)
+    result.data.update(rounds=rounds, medians_ms={n: round(median(v) * 1000, 2) for n, v in times.items()}, heavy_on_env_path=heavy)
+    result.check(
+        "linepicker env <= 1.5x python3 -c 'import sqlite3' (medians, interleaved)",
+        f"env {env_s * 1000:.1f} ms = {env_s / ref:.2f}x",
+        f"python3 -c 'import sqlite3' {ref * 1000:.1f} ms ({rounds} runs each)",
+        env_s / ref <= 1.5,
+    )
+    result.check(
+        f"env path loads none of {', '.join(HEAVY)} (python -X importtime)",
+        "loaded: " + (", ".join(heavy) or "none"),
+        "the console script `linepicker env --db FILE`",
+        not heavy,
+    )
+    result.check(
+        "linepicker --help (click, no asyncio/aiohttp)",
+        f"{help_s * 1000:.1f} ms = {help_s / ref:.2f}x",
+        f"python3 -c 'import sqlite3' {ref * 1000:.1f} ms",
+        None,
+    )
+    return result

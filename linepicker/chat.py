@@ -1,0 +1,374 @@
+"""The streaming chat probe: ask the model a tiny question and time the answer as a client feels it.
+
+/v1/models can answer while the model calls behind it fail (an upstream
+channel down, a model not routed, a key without quota), so a line is only as
+good as a real completion. This probe sends one streaming request, OpenAI's
+POST /v1/chat/completions or Anthropic's POST /v1/messages, and measures the
+time to the first token and the rate of tokens after it. It costs tokens, so
+it is opt-in (probe.chat) and runs on every `every`-th round of a line.
+
+The stream is parsed here, bounded in bytes and ended by a total deadline,
+so a relay that stalls mid-answer or sends garbage costs one timeout and
+yields an outcome, never a hang or a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .config import ChatSettings, Line, ProbeSettings
+from .probe import (
+    API_NAMES,
+    MAX_REDIRECTS,
+    MODEL_ERROR,
+    NOT_API,
+    OK,
+    PROTOCOL,
+    TIMEOUT,
+    LineRun,
+    Phases,
+    _current_stamps,
+    _page_hint,
+    _read_capped,
+    _Stamps,
+    _trace_config,
+    api_headers,
+    classify_exception,
+    classify_response,
+    is_success,
+    make_ssl_context,
+    proxy_for,
+    redact,
+)
+
+STREAM_CAP = 512 * 1024  # a 20-token answer is a few KiB; more is a relay streaming something else
+PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+
+
+@dataclass(frozen=True)
+class ChatSample:
+    line: str
+    started_at: float  # unix time
+    model: str
+    outcome: str
+    success: bool
+    phases: Phases  # ttfb: request sent → response headers; total: the whole answer
+    ttft_ms: float | None = None  # request sent → first text of the answer
+    tokens: int | None = None  # output tokens: the API's usage when it gives one, else text chunks counted
+    tokens_per_s: float | None = None  # from the first to the last text chunk
+    usage: bool = False  # tokens come from the API's own count
+    status: int | None = None
+    error: str | None = None
+    key_sent: bool = False
+
+
+class StreamError(Exception):
+    """The stream broke the API's rules; carries the outcome a user reads."""
+
+    def __init__(self, outcome: str, message: str):
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str  # the SSE `event:` field, "message" when absent
+    data: str
+
+
+class EventStream:
+    """Server-sent events from bytes as they arrive (the WHATWG rules: CR, LF or CRLF ends a line,
+    a blank line ends an event, `:` starts a comment, data lines join with LF). An event the stream
+    ends in the middle of is dropped, as the spec says."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._name = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> Iterator[Event]:
+        self._buffer += chunk
+        while True:
+            cut = min((i for i in (self._buffer.find(b"\r"), self._buffer.find(b"\n")) if i >= 0), default=-1)
+            if cut < 0 or (self._buffer[cut:cut + 1] == b"\r" and cut + 1 == len(self._buffer)):
+                return  # no whole line yet (a lone CR at the end may be the first half of CRLF)
+            raw = self._buffer[:cut]
+            step = 2 if self._buffer[cut:cut + 2] == b"\r\n" else 1
+            self._buffer = self._buffer[cut + step:]
+            event = self._line(raw.decode("utf-8", "replace"))
+            if event is not None:
+                yield event
+
+    def _line(self, line: str) -> Event | None:
+        if not line:
+            if not self._data and not self._name:
+                return None
+            event = Event(self._name or "message", "\n".join(self._data))
+            self._name, self._data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._name = value
+        return None
+
+
+class Answer:
+    """One API's stream, judged event by event: the text chunks, the usage, whether it finished."""
+
+    def __init__(self) -> None:
+        self.text_chunks = 0
+        self.usage_tokens: int | None = None
+        self.finished = False  # the answer is complete
+        self.closed = False  # the API's last event came: nothing more to read
+
+    def text(self, event: Event) -> str:
+        """The answer text this event adds ('' for none); raises StreamError for an error or a malformed event."""
+        raise NotImplementedError
+
+    @staticmethod
+    def payload(event: Event) -> dict[str, Any]:
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            raise StreamError(PROTOCOL, f"malformed event: data is not JSON: {event.data[:80]!r}") from None
+        if not isinstance(data, dict):
+            raise StreamError(PROTOCOL, f"malformed event: data is not a JSON object: {event.data[:80]!r}")
+        if "error" in data:
+            raise StreamError(MODEL_ERROR, f"the API reported an error mid-answer: {_error_text(data)}")
+        return data
+
+
+class OpenAIAnswer(Answer):
+    """chat.completion.chunk events, then `data: [DONE]`; usage in a last chunk with stream_options.include_usage."""
+
+    def text(self, event: Event) -> str:
+        if event.data.strip() == "[DONE]":
+            self.finished = self.closed = True
+            return ""
+        data = self.payload(event)
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise StreamError(PROTOCOL, f"malformed event: a chunk without choices: {event.data[:80]!r}")
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage_tokens = usage["completion_tokens"]
+        text = ""
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                raise StreamError(PROTOCOL, f"malformed event: a choice without a delta: {event.data[:80]!r}")
+            for key in ("content", "reasoning_content"):  # reasoning text is a token the user waits for too
+                if isinstance(delta.get(key), str):
+                    text += delta[key]
+            if choice.get("finish_reason"):
+                self.finished = True  # some relays end the stream here without [DONE]
+        return text
+
+
+class AnthropicAnswer(Answer):
+    """message_start, content_block_* and message_delta events, then message_stop; `error` events on failure."""
+
+    def text(self, event: Event) -> str:
+        data = self.payload(event)
+        kind = data.get("type")
+        if not isinstance(kind, str):
+            raise StreamError(PROTOCOL, f"malformed event: no type: {event.data[:80]!r}")
+        if kind == "message_stop":
+            self.finished = self.closed = True
+        elif kind == "message_delta":
+            usage = data.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+                self.usage_tokens = usage["output_tokens"]
+        elif kind == "content_block_delta":
+            delta = data.get("delta")
+            if not isinstance(delta, dict):
+                raise StreamError(PROTOCOL, f"malformed event: a content_block_delta without a delta: {event.data[:80]!r}")
+            for key in ("text", "thinking"):
+                if isinstance(delta.get(key), str):
+                    return delta[key]
+        return ""
+
+
+ANSWERS: dict[str, type[Answer]] = {"openai": OpenAIAnswer, "anthropic": AnthropicAnswer}
+
+
+def request_body(api: str, chat: ChatSettings) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": chat.model,
+        "max_tokens": chat.max_tokens,
+        "stream": True,
+        "messages": [{"role": "user", "content": chat.prompt}],
+    }
+    if api == "openai":
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def chat_once(
+    line: Line, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext, proxy: str | None
+) -> ChatSample:
+    """One streaming completion on a fresh connection, ended by chat.timeout however the stream misbehaves."""
+    chat = settings.chat
+    assert chat is not None
+    stamps = _Stamps(start=time.perf_counter())
+    started_at = time.time()
+    token = _current_stamps.set(stamps)
+    status = None
+    answer = ANSWERS[settings.api]()
+    first = last = None
+    try:
+        import aiohttp
+
+        headers = api_headers(settings.api, key, accept="text/event-stream")
+        connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False) as session:
+            async with asyncio.timeout(chat.timeout):
+                async with session.post(
+                    line.url + PATHS[settings.api],
+                    json=request_body(settings.api, chat),
+                    headers=headers,
+                    proxy=proxy,
+                    max_redirects=MAX_REDIRECTS,
+                    trace_request_ctx=stamps,
+                ) as response:
+                    stamps.headers = time.perf_counter()
+                    status = response.status
+                    if not 200 <= status < 300 or not _is_event_stream(response):
+                        outcome, error = await _not_a_stream(response, settings.api)
+                    else:
+                        events = EventStream()
+                        size = 0
+                        async for chunk in response.content.iter_any():
+                            size += len(chunk)
+                            if size > STREAM_CAP:
+                                raise StreamError(PROTOCOL, f"the answer went on past {STREAM_CAP // 1024} KiB")
+                            for event in events.feed(chunk):
+                                if answer.text(event):
+                                    last = time.perf_counter()
+                                    first = first or last
+                                    answer.text_chunks += 1
+                            if answer.closed:
+                                break
+                        stamps.body_end = time.perf_counter()
+                        outcome, error = _judge(answer, settings.api)
+    except StreamError as exc:
+        outcome, error = exc.outcome, str(exc)
+    except Exception as exc:
+        outcome, error = classify_exception(exc, chat.timeout)
+        if outcome == TIMEOUT:
+            error += f" ({_progress(answer, first, stamps)})"
+    finally:
+        stamps.end = time.perf_counter()
+        _current_stamps.reset(token)
+    tokens = answer.usage_tokens if answer.usage_tokens is not None else (answer.text_chunks or None)
+    return ChatSample(
+        line=line.name,
+        started_at=started_at,
+        model=chat.model,
+        outcome=outcome,
+        success=is_success(outcome, bool(key)),
+        phases=stamps.phases(),
+        ttft_ms=_ms(stamps.request_sent, first),
+        tokens=tokens,
+        tokens_per_s=_rate(tokens, first, last) if outcome == OK else None,
+        usage=answer.usage_tokens is not None,
+        status=status,
+        error=redact(error, key) if error else None,
+        key_sent=bool(key),
+    )
+
+
+def _is_event_stream(response: Any) -> bool:
+    return "event-stream" in response.content_type
+
+
+async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
+    """An error status, or a 200 that is not a stream: say what came back instead, with the API's own message."""
+    body, complete = await _read_capped(response)
+    if not 200 <= response.status < 300:
+        outcome, error = classify_response(response.status, response.content_type, body, complete, api)
+        detail = _error_text(_json(body))
+        return outcome, f"{error}: {detail}" if detail and detail not in (error or "") else (error or f"HTTP {response.status}")
+    data = _json(body)
+    if "error" in data:
+        return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {_error_text(data)}"
+    if "html" in response.content_type or body.lstrip()[:1] == b"<":
+        return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + _page_hint(response.content_type, body)
+    shown = response.content_type or "no content type"
+    return NOT_API, f"HTTP {response.status} but not an event stream of the {API_NAMES[api]} API ({shown})"
+
+
+def _judge(answer: Answer, api: str) -> tuple[str, str | None]:
+    if not answer.finished:
+        end = "[DONE]" if api == "openai" else "message_stop"
+        return PROTOCOL, f"the stream ended before {end} ({answer.text_chunks} text chunks)"
+    if not answer.text_chunks:
+        return MODEL_ERROR, "the answer finished without any text"
+    return OK, None
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_text(data: dict[str, Any]) -> str:
+    """The message of an OpenAI ({"error": {...}}) or Anthropic ({"type": "error", "error": {...}}) error."""
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("type") or error.get("code")
+        return " ".join(str(message).split())[:200] if message else ""
+    return " ".join(str(error).split())[:200] if error else ""
+
+
+def _progress(answer: Answer, first: float | None, stamps: _Stamps) -> str:
+    """How far a stalled answer got, so a stall mid-stream reads differently from a silent line."""
+    if stamps.headers is None:
+        return "no response headers"
+    if first is None:
+        return "headers, but no text"
+    return f"stalled after {answer.text_chunks} text chunks"
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 3)
+
+
+def _rate(tokens: int | None, first: float | None, last: float | None) -> float | None:
+    """Tokens after the first one over the time they took: the decoding speed, without the wait for the first."""
+    if not tokens or tokens < 2 or first is None or last is None or last <= first:
+        return None
+    return round((tokens - 1) / (last - first), 2)
+
+
+def answered(run: LineRun) -> bool:
+    """A chat only tells something about a line that answered this round; a dead one needs no tokens spent."""
+    return any(sample.success for sample in run.samples)
+
+
+async def chat_round(runs: list[LineRun], settings: ProbeSettings, key: str | None, names: set[str]) -> None:
+    """Chat with the named lines that answered this round, all at once, and put each result on its run."""
+    environment = urllib.request.getproxies_environment()
+    chosen = [run for run in runs if run.line.name in names and answered(run)]
+    limit = asyncio.Semaphore(settings.concurrency)
+
+    async def one(run: LineRun) -> None:
+        async with limit:
+            proxy = proxy_for(run.line, run.line.url + PATHS[settings.api], environment)
+            run.chat = await chat_once(run.line, settings, key, make_ssl_context(not run.line.insecure), proxy)
+
+    await asyncio.gather(*(one(run) for run in chosen))

@@ -1,0 +1,71 @@
+"""The console script answers a plain `linepicker env` without click; it must say exactly what the click CLI says."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from linepicker import shellenv
+from linepicker.cli import cli
+from linepicker.store import Store
+
+URL = "http://127.0.0.1:9/it's\\here"  # a quote and a backslash: every shell's quoting is exercised
+
+
+def console_script(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["linepicker", *argv])
+    monkeypatch.setattr(sys.modules["__main__"], "__package__", None, raising=False)  # click names the program from argv[0]
+    with pytest.raises(SystemExit) as exit_:
+        shellenv.main()
+    out = capsys.readouterr()
+    return exit_.value.code or 0, out.out, out.err
+
+
+def click_cli(argv: list[str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, argv, prog_name="linepicker")
+    return result.exit_code, result.stdout, result.stderr
+
+
+def chosen(path: Path) -> Path:
+    with Store(path) as store:
+        store.record_decision("main", URL, None, "test", None)
+    return path
+
+
+@pytest.mark.parametrize("shell", [*shellenv.SHELLS, None])
+def test_exports_match_the_click_cli(shell: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["env", "--db", str(chosen(tmp_path / "lp.db"))] + (["--shell", shell] if shell else [])
+    monkeypatch.setenv("SHELL", "/usr/bin/fish")
+    fast = console_script(argv, monkeypatch, capsys)
+    assert fast[0] == 0 and fast == click_cli(argv)
+
+
+def test_the_default_database_is_the_one_the_cli_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """conftest sets XDG_DATA_HOME; the fast path must find the same file platformdirs names."""
+    from linepicker.store import default_db_path
+
+    chosen(default_db_path())
+    fast = console_script(["env"], monkeypatch, capsys)
+    assert fast[0] == 0 and fast == click_cli(["env"])
+    monkeypatch.setenv("LINEPICKER_DB", str(chosen(tmp_path / "other.db")))
+    assert console_script(["env", "--shell", "fish"], monkeypatch, capsys) == click_cli(["env", "--shell", "fish"])
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a database at all, just some bytes" * 100])
+def test_no_choice_and_broken_files_fail_alike(content: bytes | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "lp.db"
+    if content is not None:
+        db.write_bytes(content)
+    fast = console_script(["env", "--db", str(db)], monkeypatch, capsys)
+    assert fast[0] in (1, 3) and fast[2].startswith("linepicker: ")
+    assert fast == click_cli(["env", "--db", str(db)])
+
+
+@pytest.mark.parametrize("argv", [["env", "--json"], ["env", "--shell", "tcsh"], ["env", "--db"], ["env", "--db", "."], ["--version"]])
+def test_anything_else_is_answered_by_click(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    chosen(tmp_path / "lp.db")
+    argv = [a.replace(".", str(tmp_path)) if a == "." else a for a in argv]
+    assert console_script(argv, monkeypatch, capsys) == click_cli(argv)
