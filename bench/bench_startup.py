@@ -3,7 +3,8 @@
 Each round runs the three commands one after another, so drift of the machine hits
 them alike; the figures are medians. `env` reads a database holding one decision.
 Also checks, with `python -X importtime`, that the env path loads none of the heavy
-modules. Target (issue 5, #4): env <= 1.5x the reference.
+modules, and that `status` over that database loads none of those it never uses
+(issue 5, #5). Target (issue 5, #4): env <= 1.5x the reference.
 
     python bench/run.py startup
 """
@@ -18,16 +19,20 @@ import tempfile
 from pathlib import Path
 
 from common import Result, linepicker_exe, median, timed_run
-from configs import isolated_env
+from configs import isolated_env, write_config
 
 HEAVY = ["aiohttp", "apscheduler", "sqlite_utils", "rich", "yaml", "click"]
+NOT_FOR_STATUS = ["aiohttp", "apscheduler", "asyncio", "sqlite_utils"]  # probing, the daemon, writing
+URL = "http://127.0.0.1:9/main"
 
 
 def seed_choice(db: Path) -> None:
+    from linepicker.config import Line
     from linepicker.store import Store
 
     with Store(db) as store:
-        store.record_decision("main", "http://127.0.0.1:9/main", None, "bench", None)
+        store.line_ids([Line("main", URL)])  # known already, so `status` only reads
+        store.record_decision("main", URL, None, "bench", None)
 
 
 def loaded_modules(argv: list[str], env: dict[str, str]) -> set[str]:
@@ -56,8 +61,12 @@ def run(quick: bool = False) -> Result:
                     raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[:300]}")
                 times[name].append(wall)
         heavy = sorted(set(HEAVY) & loaded_modules([exe, "env", "--db", str(db)], env))
+        config = write_config(Path(tmp) / "lines.yaml", {"main": URL})
+        status_heavy = sorted(set(NOT_FOR_STATUS) & loaded_modules([exe, "status", "--config", str(config), "--db", str(db)], env))
     ref, env_s, help_s = (median(times[n]) for n in commands)
-    result.data.update(rounds=rounds, medians_ms={n: round(median(v) * 1000, 2) for n, v in times.items()}, heavy_on_env_path=heavy)
+    result.data.update(
+        rounds=rounds, medians_ms={n: round(median(v) * 1000, 2) for n, v in times.items()}, heavy_on_env_path=heavy, heavy_on_status_path=status_heavy
+    )
     result.check(
         "linepicker env <= 1.5x python3 -c 'import sqlite3' (medians, interleaved)",
         f"env {env_s * 1000:.1f} ms = {env_s / ref:.2f}x",
@@ -69,6 +78,12 @@ def run(quick: bool = False) -> Result:
         "loaded: " + (", ".join(heavy) or "none"),
         "the console script `linepicker env --db FILE`",
         not heavy,
+    )
+    result.check(
+        f"status path loads none of {', '.join(NOT_FOR_STATUS)} (python -X importtime)",
+        "loaded: " + (", ".join(status_heavy) or "none"),
+        "`linepicker status --config FILE --db FILE`, the database up to date",
+        not status_heavy,
     )
     result.check(
         "linepicker --help (click, no asyncio/aiohttp)",

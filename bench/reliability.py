@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import trustme  # noqa: E402
 import yaml  # noqa: E402
+from children import KILLED_WRITER  # noqa: E402
 from servers import (  # noqa: E402
     MODELS_BODY,
     ServerThread,
@@ -233,22 +234,9 @@ def database_table(server: ServerThread, work: Path) -> list[str]:
     return rows
 
 
-KILLED_WRITER = r"""
-import sys
-from pathlib import Path
-from linepicker.targets import update_claude_settings, update_dotenv
-dotenv, settings, urls = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-print("ready", flush=True)
-n = 0
-while True:
-    update_claude_settings(settings, urls[n % 2])
-    update_dotenv(dotenv, urls[n % 2])
-    n += 1
-"""
-
-
 def kill_table(work: Path, kills: int = 200) -> list[str]:
-    from linepicker.targets import client_env, render_dotenv, update_claude_settings, update_dotenv
+    from linepicker.shellenv import client_env
+    from linepicker.targets import render_dotenv, update_claude_settings, update_dotenv
 
     work.mkdir()
     urls = ("https://a.example", "https://b.example")

@@ -18,7 +18,6 @@ import asyncio
 import json
 import ssl
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -31,19 +30,19 @@ from .probe import (
     OK,
     PROTOCOL,
     TIMEOUT,
+    FollowUp,
+    Limits,
     LineRun,
     Phases,
-    _current_stamps,
-    _page_hint,
-    _read_capped,
-    _Stamps,
-    _trace_config,
+    Stamps,
     api_headers,
     classify_exception,
     classify_response,
+    current_stamps,
+    fresh_session,
     is_success,
-    make_ssl_context,
-    proxy_for,
+    page_hint,
+    read_capped,
     redact,
 )
 
@@ -221,18 +220,15 @@ async def chat_once(
     """One streaming completion on a fresh connection, ended by chat.timeout however the stream misbehaves."""
     chat = settings.chat
     assert chat is not None
-    stamps = _Stamps(start=time.perf_counter())
+    stamps = Stamps(start=time.perf_counter())
     started_at = time.time()
-    token = _current_stamps.set(stamps)
+    token = current_stamps.set(stamps)
     status = None
     answer = ANSWERS[settings.api]()
     first = last = None
     try:
-        import aiohttp
-
         headers = api_headers(settings.api, key, accept="text/event-stream")
-        connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
-        async with aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False) as session:
+        async with fresh_session(ssl_context) as session:
             async with asyncio.timeout(chat.timeout):
                 async with session.post(
                     line.url + PATHS[settings.api],
@@ -270,7 +266,7 @@ async def chat_once(
             error += f" ({_progress(answer, first, stamps)})"
     finally:
         stamps.end = time.perf_counter()
-        _current_stamps.reset(token)
+        current_stamps.reset(token)
     tokens = answer.usage_tokens if answer.usage_tokens is not None else (answer.text_chunks or None)
     return ChatSample(
         line=line.name,
@@ -295,7 +291,7 @@ def _is_event_stream(response: Any) -> bool:
 
 async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
     """An error status, or a 200 that is not a stream: say what came back instead, with the API's own message."""
-    body, complete = await _read_capped(response)
+    body, complete = await read_capped(response)
     if not 200 <= response.status < 300:
         outcome, error = classify_response(response.status, response.content_type, body, complete, api)
         detail = _error_text(_json(body))
@@ -304,7 +300,7 @@ async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
     if "error" in data:
         return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {_error_text(data)}"
     if "html" in response.content_type or body.lstrip()[:1] == b"<":
-        return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + _page_hint(response.content_type, body)
+        return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + page_hint(response.content_type, body)
     shown = response.content_type or "no content type"
     return NOT_API, f"HTTP {response.status} but not an event stream of the {API_NAMES[api]} API ({shown})"
 
@@ -335,7 +331,7 @@ def _error_text(data: dict[str, Any]) -> str:
     return " ".join(str(error).split())[:200] if error else ""
 
 
-def _progress(answer: Answer, first: float | None, stamps: _Stamps) -> str:
+def _progress(answer: Answer, first: float | None, stamps: Stamps) -> str:
     """How far a stalled answer got, so a stall mid-stream reads differently from a silent line."""
     if stamps.headers is None:
         return "no response headers"
@@ -360,15 +356,12 @@ def answered(run: LineRun) -> bool:
     return any(sample.success for sample in run.samples)
 
 
-async def chat_round(runs: list[LineRun], settings: ProbeSettings, key: str | None, names: set[str]) -> None:
-    """Chat with the named lines that answered this round, all at once, and put each result on its run."""
-    environment = urllib.request.getproxies_environment()
-    chosen = [run for run in runs if run.line.name in names and answered(run)]
-    limit = asyncio.Semaphore(settings.concurrency)
+def follow_up(settings: ProbeSettings, key: str | None, due: set[str]) -> FollowUp:
+    """The round's follow-up that chats with each due line as soon as its samples are in."""
 
-    async def one(run: LineRun) -> None:
-        async with limit:
-            proxy = proxy_for(run.line, run.line.url + PATHS[settings.api], environment)
-            run.chat = await chat_once(run.line, settings, key, make_ssl_context(not run.line.insecure), proxy)
+    async def chat(run: LineRun, ssl_context: ssl.SSLContext, proxy: str | None, limits: Limits) -> None:
+        if run.line.name in due and answered(run):
+            async with limits.sockets, limits.busy_place():
+                run.chat = await chat_once(run.line, settings, key, ssl_context, proxy)
 
-    await asyncio.gather(*(one(run) for run in chosen))
+    return chat

@@ -14,8 +14,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, LinepickerError
-
-EXIT_NO_ELIGIBLE = 3
+from .shellenv import EXIT_NO_ELIGIBLE, NO_CHOICE, SHELLS
 
 
 def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,7 +176,7 @@ def status(config_path: str | None, db_path: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--shell", type=click.Choice(["bash", "zsh", "fish", "powershell", "cmd"]), help="Syntax to print (default: from $SHELL).")
+@click.option("--shell", type=click.Choice(SHELLS), help="Syntax to print (default: from $SHELL).")
 @_db_option
 @_json_option
 @_fails_cleanly
@@ -193,11 +192,11 @@ def env(shell: str | None, db_path: str | None, as_json: bool) -> None:
     import json
 
     from .store import read_choice, resolve_db_path
-    from .targets import client_env, detect_shell, shell_exports
+    from .shellenv import client_env, detect_shell, shell_exports
 
     choice = read_choice(resolve_db_path(db_path))
     if choice is None:
-        click.echo("linepicker: no line chosen yet: run 'linepicker pick'", err=True)
+        click.echo(NO_CHOICE, err=True)
         sys.exit(EXIT_NO_ELIGIBLE)
     if as_json:
         click.echo(json.dumps({"name": choice.name, "url": choice.url, "env": client_env(choice.url)}, indent=2))

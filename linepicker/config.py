@@ -326,12 +326,16 @@ class _Validator:
         exclude = self.exclude(top.get("exclude"), {line.name for line in lines})
         if not [line for line in lines if line.name not in exclude]:
             raise self.fail(top["exclude"], "exclude leaves no line to probe")
+        probe = self.probe(top.get("probe"))
+        if probe.chat is not None and not (key_env and os.environ.get(key_env)):
+            missing = f"${key_env} is not set" if key_env else "there is no key_env"
+            self.warn(top["probe"], f"probe.chat is skipped: {missing}, and a relay refuses a chat without the key")
         return Config(
             source=self.path,
             origin=self.origin,
             lines=lines,
             key_env=key_env,
-            probe=self.probe(top.get("probe")),
+            probe=probe,
             policy=self.policy(top.get("policy")),
             exclude=exclude,
             targets=self.targets(top.get("targets"), key_env),
@@ -375,7 +379,7 @@ class _Validator:
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         if not items:
             raise self.fail(node, "probe.require_models must name a model or a list of them")
-        if not path.rstrip("/").endswith("/models"):
+        if not urlsplit(path).path.rstrip("/").endswith("/models"):
             raise self.fail(node, f"probe.require_models is checked against the model list, but probe.path is {path!r} (use /v1/models)")
         return tuple(dict.fromkeys(self.text(item, "probe.require_models entry") for item in items))
 

@@ -24,7 +24,7 @@ from .config import Config, Line
 from .configedit import item_line
 from .probe import proxy_for
 from .store import Decision, Store
-from .targets import client_env
+from .shellenv import client_env
 
 ERROR = "error"  # a client does not use the chosen line now
 WARNING = "warning"  # it will not follow the next switch, or may not reach the line the way it was measured

@@ -42,8 +42,21 @@ class LiveCollector:
         phases = GaugeMetricFamily(
             "linepicker_line_phase_seconds", "Median of each request phase in the latest round that probed the line.", labels=["line", "phase"]
         )
+        chat_ok = GaugeMetricFamily(
+            "linepicker_line_chat_ok", "1 if the latest chat probe in the window succeeded, else 0 (probe.chat only).", labels=["line", "model"]
+        )
+        ttft = GaugeMetricFamily("linepicker_line_chat_ttft_seconds", "Time to first token of the latest successful chat probe.", labels=["line", "model"])
+        speed = GaugeMetricFamily(
+            "linepicker_line_chat_tokens_per_second", "Output tokens per second of the latest successful chat probe.", labels=["line", "model"]
+        )
         for view in views:
             name = view.status.line.name
+            if (chat := view.status.chat) is not None:
+                chat_ok.add_metric([name, chat.model], float(chat.success))
+                if chat.success and chat.ttft_ms is not None:
+                    ttft.add_metric([name, chat.model], chat.ttft_ms / 1000)
+                if chat.success and chat.tokens_per_s is not None:
+                    speed.add_metric([name, chat.model], chat.tokens_per_s)
             stats = view.status.stats
             up.add_metric([name], float(view.health.up))
             eligible.add_metric([name], float(view.status.judgement.eligible))
@@ -57,7 +70,7 @@ class LiveCollector:
                 value = getattr(view.phases, phase) if view.phases else None
                 if value is not None:
                     phases.add_metric([name, phase.removesuffix("_ms")], value / 1000)
-        yield from (up, eligible, chosen_gauge, ratio, window, phases)
+        yield from (up, eligible, chosen_gauge, ratio, window, phases, chat_ok, ttft, speed)
 
         rounds = CounterMetricFamily("linepicker_rounds", "Probe rounds run by this daemon.", labels=["kind"])
         rounds.add_metric(["full"], live.rounds[FULL])

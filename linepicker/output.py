@@ -7,11 +7,10 @@ Results go to stdout; notes, warnings, errors and progress go to stderr, so
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -19,16 +18,20 @@ from rich.table import Table
 from .config import Config, Line
 from .picker import LineReport, RoundResult, Status
 from .policy import Judgement, LineStats, percentile, judge
-from .probe import Phases, Sample
 from .store import Decision
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from .probe import Phases, Sample
+
+stdout = Console(highlight=False, soft_wrap=True, emoji=False)  # a relay's error text is shown as sent: ":x:" stays ":x:"
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "transfer_ms", "total_ms")
 
 
 def print_json(data: Any) -> None:
+    import json  # only --json needs it, and `status` is timed as a process (docs/benchmarks.md §5)
+
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -87,6 +90,8 @@ def when(timestamp: float | None) -> str | None:
 
 def round_phases(samples: list[Sample]) -> Phases:
     """Median of each phase over this round's samples that reached it."""
+    from .probe import Phases  # here, not at the top: importing probe costs `status` ≈ 40 ms (asyncio, ssl)
+
     values = {}
     for name in PHASES:
         reached = [getattr(s.phases, name) for s in samples if getattr(s.phases, name) is not None]

@@ -18,7 +18,7 @@ from .history import History, span_text
 from .live import LineView
 from .picker import Status
 from .probe import Phases
-from .store import Decision
+from .store import ChatRow, Decision
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Page:
 
 def render(page: Page) -> str:
     chosen = page.status.choice.name if page.status.choice else None
-    cards = "".join(_card(view, view.status.line.name == chosen, page.charts.get(view.status.line.name, "")) for view in page.views)
+    cards = "".join(_card(view, view.status.line.name == chosen, page.charts.get(view.status.line.name, ""), page.now) for view in page.views)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -78,7 +78,7 @@ def _choice(status: Status, now: float) -> str:
 <p class="why">{since} {_ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
 
 
-def _card(view: LineView, chosen: bool, chart: str) -> str:
+def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
     entry = view.status
     stats = entry.stats
     state_class = "ok" if view.health.steady else ("bad" if not view.health.up else "warn")
@@ -101,7 +101,18 @@ def _card(view: LineView, chosen: bool, chart: str) -> str:
 {_figure("success", _rate(stats.success_rate))}{_figure("samples", str(stats.samples))}</dl>
 <p class="verdict{'' if entry.judgement.eligible else ' muted'}">{html.escape(verdict)}</p>
 <p class="phases">last round: {_phases(view.phases)} · <span class="outcome">{outcome}</span>{error}</p>
-{chart}</article>"""
+{_chat(entry.chat, now)}{chart}</article>"""
+
+
+def _chat(chat: ChatRow | None, now: float) -> str:
+    """The model call, beside the ping: a line can answer /v1/models and still fail it."""
+    if chat is None:
+        return ""
+    head = f"model call ({html.escape(chat.model)}, {_ago(chat.started_at, now)})"
+    if not chat.success:
+        return f'<p class="chat">{head}: <span class="error">{html.escape(chat.outcome)}: {html.escape(chat.error or "")}</span></p>\n'
+    speed = "" if chat.tokens_per_s is None else f" · {chat.tokens_per_s:.0f} tokens/s"
+    return f'<p class="chat">{head}: first token {_ms(chat.ttft_ms)}{speed}</p>\n'
 
 
 def _figure(name: str, value: str) -> str:
@@ -186,7 +197,7 @@ h3 { font-size: 17px; margin: 0; }
 .figures dt { font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); }
 .figures dd { margin: 0; font-size: 20px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .verdict { margin: 2px 0; font-size: 14px; }
-.phases { margin: 2px 0 6px; font-size: 13px; color: var(--muted); }
+.phases, .chat { margin: 2px 0 6px; font-size: 13px; color: var(--muted); }
 .outcome { color: var(--ink); font-weight: 600; }
 .error { color: var(--bad); }
 .chart { width: 100%; height: auto; display:block; }

@@ -10,14 +10,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from . import policy, probe, targets
+from . import policy
 from .config import Config, Line
 from .policy import LineStats, Verdict
-from .probe import LineRun, Sample
 from .store import ChatRow, Decision, Store
 
 if TYPE_CHECKING:
+    from . import probe, targets
     from .chat import ChatSample
+    from .probe import LineRun, Sample
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class _Settled:
     """Tells a running round it can stop: no unfinished line can change the choice any more.
 
     Each unfinished line is judged as if its remaining samples all succeeded
-    with a latency equal to how long its current request has been waiting. If
-    even then the winner is a line that has finished, waiting longer cannot
-    change the verdict, so a hanging line does not hold `pick` to its timeout.
+    with a latency equal to how long its current request has been waiting, and
+    as if its chat, if one is due, will succeed. If even then the winner is a
+    line that has finished (its chat included), waiting longer cannot change
+    the verdict, so a hanging line does not hold `pick` to its timeout.
     """
 
     def __init__(self, config: Config, history: dict[str, list[tuple[bool, float | None]]], current: str | None, pinned: str | None):
@@ -74,7 +76,7 @@ class _Settled:
         for run in runs:
             outcomes = self.history[run.line.name] + finished(run.samples)
             if run.done:
-                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples)))
+                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples), chat_error(run.chat)))
                 continue
             waited = (now - run.inflight_since) * 1000 if run.inflight_since else 0.0
             outcomes += [(True, waited)] * (self.config.probe.samples - len(run.samples))
@@ -94,32 +96,37 @@ async def measure(
     on_sample: Callable[[Sample], None] | None = None,
 ) -> tuple[int, list[LineRun]]:
     """Probe the lines (all active ones by default) and record every sample under a new round."""
+    from . import probe  # here, not at the top: its asyncio, ssl and urllib.request cost `status` ≈ 40 ms
+
     lines = config.active_lines if lines is None else lines
     line_ids = store.line_ids(lines)
     round_id = store.start_round(kind)
     key = config.api_key()
-    runs = await probe.probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample)
-    for run in runs:
-        store.add_samples(round_id, line_ids, run.samples)
-    if config.probe.chat is not None:
+    follow_up = None
+    if config.probe.chat is not None and key:  # without the key a chat proves nothing (config warns)
         from . import chat
 
-        await chat.chat_round(runs, config.probe, key, chat_due(config, store, line_ids))
-        store.add_chats(round_id, line_ids, [run.chat for run in runs if run.chat is not None])
+        follow_up = chat.follow_up(config.probe, key, chat_due(config, store, line_ids))
+    runs = await probe.probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample, follow_up=follow_up)
+    for run in runs:
+        store.add_samples(round_id, line_ids, run.samples)
+    store.add_chats(round_id, line_ids, [run.chat for run in runs if run.chat is not None])
     return round_id, runs
 
 
 def chat_due(config: Config, store: Store, line_ids: dict[str, int]) -> set[str]:
     """Lines to chat with this round: never asked this model, last answer failed (so a line recovers
-    within a round), or probe.chat.every rounds since the last answer. Called after the round's samples
-    are recorded, so this round counts."""
+    within a round), or probe.chat.every rounds since the last answer, this round included.
+
+    Only lines that answer a sample this round are asked (chat.answered).
+    """
     chat = config.probe.chat
     assert chat is not None
     latest = store.latest_chats(line_ids)
     return {
         name
         for name in line_ids
-        if (row := latest.get(name)) is None or row.model != chat.model or not row.success or row.rounds_since >= chat.every
+        if (row := latest.get(name)) is None or row.model != chat.model or not row.success or row.rounds_since + 1 >= chat.every
     }
 
 
@@ -137,7 +144,7 @@ def model_errors(config: Config, store: Store, line_ids: dict[str, int]) -> dict
     return {name: error for name, row in rows.items() if (error := chat_error(row))}
 
 
-def chat_error(row: ChatRow | None) -> str | None:
+def chat_error(row: ChatRow | ChatSample | None) -> str | None:
     if row is None or row.success:
         return None
     return f"{row.outcome}: {row.error}" if row.error else row.outcome
@@ -155,6 +162,8 @@ def choose(config: Config, store: Store, stats: list[LineStats], round_id: int |
 
 def hand_out(config: Config, verdict: Verdict, chosen: Decision | None) -> tuple[list[targets.TargetResult], list[str]]:
     """Bring the target files in line with a fresh choice; nothing is written when nothing is eligible."""
+    from . import targets  # here, not at the top: `status` writes no target
+
     if chosen is None or verdict.chosen is None:
         return [], []
     return targets.write_targets(config.targets, chosen.name, chosen.url)
@@ -242,6 +251,8 @@ def status(config: Config, store: Store) -> Status:
 
 def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[targets.TargetResult], list[str]]:
     """Pinning takes effect at once: the choice, `env` and the target files all follow it now."""
+    from . import targets
+
     line = config.line(name)
     if line is None:
         raise KeyError(name)

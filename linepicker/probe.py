@@ -36,6 +36,7 @@ BODY_CAP = 64 * 1024
 MODELS_CAP = 4 * 2**20  # require_models needs the whole list; some relays list thousands of models
 MAX_REDIRECTS = 5
 ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_MODELS_PAGE = 1000  # the most /v1/models returns at once
 API_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic"}
 
 # Outcomes, in the words a user reads in the table.
@@ -92,7 +93,7 @@ def is_success(outcome: str, key_sent: bool) -> bool:
 
 
 @dataclass
-class _Stamps:
+class Stamps:
     """Monotonic times written by trace handlers; phases are derived from them later."""
 
     start: float = 0.0
@@ -130,7 +131,7 @@ def _span(start: float | None, end: float | None) -> float | None:
     return round((end - start) * 1000, 3)
 
 
-_current_stamps: contextvars.ContextVar[_Stamps | None] = contextvars.ContextVar("linepicker_stamps", default=None)
+current_stamps: contextvars.ContextVar[Stamps | None] = contextvars.ContextVar("linepicker_stamps", default=None)
 
 
 class _TimedSSLContext(ssl.SSLContext):
@@ -143,7 +144,7 @@ class _TimedSSLContext(ssl.SSLContext):
     """
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
-        stamps = _current_stamps.get()
+        stamps = current_stamps.get()
         if stamps is not None:
             stamps.tls_start = time.perf_counter()
         return super().wrap_bio(*args, **kwargs)
@@ -211,15 +212,16 @@ def _drop_key_leaving_origin(params: Any) -> None:
     """aiohttp drops Authorization on a redirect to another origin, but not Anthropic's x-api-key.
 
     The headers handed to this trace signal are the ones the next hop sends, so
-    the key is removed from them here, before that request is made.
+    the key is removed from them here, before that request is made. The target
+    is read as aiohttp reads it (Location, else URI); in doubt the key stays home.
     """
     from yarl import URL
 
     if "x-api-key" not in params.headers:
         return
+    location = params.response.headers.get("Location") or params.response.headers.get("URI")
     try:
-        target = params.url.join(URL(params.response.headers.get("Location", "")))
-        same = target.origin() == params.url.origin()
+        same = location is not None and params.url.join(URL(location)).origin() == params.url.origin()
     except ValueError:
         same = False
     if not same:
@@ -266,17 +268,14 @@ async def probe_once(
     line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext, proxy: str | None
 ) -> Sample:
     """One request on a fresh connection, ended by a total deadline however the server misbehaves."""
-    url = line.url + settings.path
+    url = line.url + request_path(settings)
     headers = api_headers(settings.api, key)
-    stamps = _Stamps(start=time.perf_counter())
+    stamps = Stamps(start=time.perf_counter())
     started_at = time.time()
-    token = _current_stamps.set(stamps)
+    token = current_stamps.set(stamps)
     status = None
     try:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
-        async with aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False) as session:
+        async with fresh_session(ssl_context) as session:
             async with asyncio.timeout(settings.timeout):
                 async with session.get(
                     url,
@@ -288,7 +287,7 @@ async def probe_once(
                 ) as response:
                     stamps.headers = time.perf_counter()
                     status = response.status
-                    body, complete = await _read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
+                    body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
                     stamps.body_end = time.perf_counter()
                     outcome, error = classify_response(
                         response.status, response.content_type, body, complete, settings.api, settings.require_models
@@ -297,7 +296,7 @@ async def probe_once(
         outcome, error = classify_exception(exc, settings.timeout)
     finally:
         stamps.end = time.perf_counter()
-        _current_stamps.reset(token)
+        current_stamps.reset(token)
     return Sample(
         line=line.name,
         seq=seq,
@@ -311,7 +310,22 @@ async def probe_once(
     )
 
 
-async def _read_capped(response: aiohttp.ClientResponse, cap: int = BODY_CAP) -> tuple[bytes, bool]:
+def request_path(settings: ProbeSettings) -> str:
+    """probe.path, asking Anthropic for its longest page when require_models needs the whole list (its default page is 20)."""
+    if settings.api == "anthropic" and settings.require_models and "?" not in settings.path:
+        return settings.path + f"?limit={ANTHROPIC_MODELS_PAGE}"
+    return settings.path
+
+
+def fresh_session(ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
+    """A session for one request: a reused connection or a cached address would hide the phases being timed."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
+    return aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False)
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int = BODY_CAP) -> tuple[bytes, bool]:
     """Read at most `cap` bytes: a block page or an endless stream must not cost memory."""
     chunks: list[bytes] = []
     size = 0
@@ -327,38 +341,40 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int = BODY_CAP) ->
 def classify_response(
     status: int, content_type: str, body: bytes, complete: bool, api: str = "openai", require_models: tuple[str, ...] = ()
 ) -> tuple[str, str | None]:
-    shape = _json_shape(body, complete, api)
+    shape, data = _json_shape(body, complete, api)
     if status == 429:
         return RATE_LIMITED, "429 Too Many Requests"
     if status >= 500:
-        return HTTP_5XX, f"HTTP {status}" + _page_hint(content_type, body)
+        return HTTP_5XX, f"HTTP {status}" + page_hint(content_type, body)
     if status in (401, 403):
         if shape == "error":
             return AUTH, f"HTTP {status}: the API answered but did not accept the key"
-        return NOT_API, f"HTTP {status} that is not the API" + _page_hint(content_type, body)
+        return NOT_API, f"HTTP {status} that is not the API" + page_hint(content_type, body)
     if 300 <= status < 400:
         return PROTOCOL, f"HTTP {status} redirect without a usable Location"
     if status >= 400:
-        return HTTP_4XX, f"HTTP {status}" + _page_hint(content_type, body)
+        return HTTP_4XX, f"HTTP {status}" + page_hint(content_type, body)
     if shape == "api":
-        return _missing_models(body, complete, require_models) if require_models else (OK, None)
-    return NOT_API, f"HTTP {status} but the body is not {API_NAMES[api]}-shaped JSON" + _page_hint(content_type, body)
+        return _missing_models(data, complete, require_models) if require_models else (OK, None)
+    return NOT_API, f"HTTP {status} but the body is not {API_NAMES[api]}-shaped JSON" + page_hint(content_type, body)
 
 
-def _missing_models(body: bytes, complete: bool, required: tuple[str, ...]) -> tuple[str, str | None]:
+def _missing_models(answer: dict[str, Any], complete: bool, required: tuple[str, ...]) -> tuple[str, str | None]:
     """The line answers, but a client asking for a model it does not list would be refused."""
     if not complete:
         return PROTOCOL, f"the model list is longer than {MODELS_CAP // 2**20} MiB, so require_models cannot be checked"
-    data = json.loads(body).get("data")
+    data = answer.get("data")
     listed = {item.get("id") for item in data if isinstance(item, dict)} if isinstance(data, list) else set()
     missing = [model for model in required if model not in listed]
-    if missing:
-        return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({len(listed)} models listed)"
-    return OK, None
+    if not missing:
+        return OK, None
+    paged = ", the first page of a longer list (has_more)" if answer.get("has_more") is True else ""
+    return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({len(listed)} models listed{paged})"
 
 
-def _json_shape(body: bytes, complete: bool, api: str = "openai") -> str | None:
-    """'api' for an answer of the API (OpenAI: an object or list; Anthropic: a `data` list), 'error' for its error, else None.
+def _json_shape(body: bytes, complete: bool, api: str = "openai") -> tuple[str | None, dict[str, Any]]:
+    """'api' for an answer of the API (OpenAI: an object or list; Anthropic: a `data` list), 'error' for its error, else None;
+    with the parsed answer, when the whole body was read and parsed.
 
     Anthropic's errors are {"type": "error", "error": {...}}; OpenAI's are {"error": {...}}: both carry `error`.
     """
@@ -366,23 +382,23 @@ def _json_shape(body: bytes, complete: bool, api: str = "openai") -> str | None:
         try:
             data = json.loads(body)
         except ValueError:
-            return None
+            return None, {}
         if not isinstance(data, dict):
-            return None
+            return None, {}
         if "error" in data:
-            return "error"
+            return "error", data
         if api == "anthropic":
-            return "api" if isinstance(data.get("data"), list) else None
-        return "api" if "data" in data or "object" in data else None
+            return ("api" if isinstance(data.get("data"), list) else None), data
+        return ("api" if "data" in data or "object" in data else None), data
     head = body[:4096].lstrip()
     if not head.startswith(b"{"):
-        return None
+        return None, {}
     if b'"error"' in head[:200]:
-        return "error"
-    return "api" if b'"data"' in head or b'"object"' in head else None
+        return "error", {}
+    return ("api" if b'"data"' in head or b'"object"' in head else None), {}
 
 
-def _page_hint(content_type: str, body: bytes) -> str:
+def page_hint(content_type: str, body: bytes) -> str:
     """Name what came back instead of the API, so a block page is recognisable in the table."""
     if "html" in content_type or body.lstrip()[:1] == b"<":
         title = _html_title(body)
@@ -471,8 +487,16 @@ class LineRun:
     line: Line
     samples: list[Sample] = field(default_factory=list)
     inflight_since: float | None = None  # perf_counter start of the sample in flight
+    sampled: bool = False  # every sample taken; a follow-up may still run
     done: bool = False
     chat: ChatSample | None = None  # the streaming chat probe, when one ran this round
+
+
+# Probes a line further once its samples are in (the chat probe), before the line
+# counts as done, so a round never settles on a line it has not fully judged. It
+# gets the line's TLS context and proxy, and takes its places from the round's
+# Limits like a sample does.
+FollowUp = Callable[[LineRun, ssl.SSLContext, "str | None", "Limits"], Awaitable[None]]
 
 
 async def probe_line(
@@ -483,6 +507,7 @@ async def probe_line(
     proxy: str | None,
     limits: Limits,
     on_sample: Callable[[Sample], None] | None = None,
+    follow_up: FollowUp | None = None,
 ) -> None:
     """Samples of one line go one after another, so they never compete with each other.
 
@@ -501,6 +526,9 @@ async def probe_line(
         if sample.outcome == TIMEOUT:
             # Another sample would only cost another full timeout.
             break
+    run.sampled = True
+    if follow_up is not None:
+        await follow_up(run, ssl_context, proxy, limits)
     run.done = True
 
 
@@ -564,12 +592,13 @@ async def probe_round(
     key: str | None,
     settled: Settled | None = None,
     on_sample: Callable[[Sample], None] | None = None,
+    follow_up: FollowUp | None = None,
     tick: float = 0.02,
 ) -> list[LineRun]:
     """Probe every line concurrently; stop early once `settled` says the rest cannot matter.
 
-    Lines cut short get one 'unfinished' sample so the record shows they were
-    not waited for, rather than pretending they failed.
+    Lines cut short in their samples get one 'unfinished' sample so the record
+    shows they were not waited for, rather than pretending they failed.
     """
     contexts = {verify: make_ssl_context(verify) for verify in {not line.insecure for line in lines}}
     limits = Limits(sockets=asyncio.Semaphore(socket_budget()), busy=asyncio.Semaphore(settings.concurrency))
@@ -579,7 +608,7 @@ async def probe_round(
         asyncio.ensure_future(
             probe_line(
                 run, settings, key, contexts[not run.line.insecure],
-                proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample,
+                proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample, follow_up,
             )
         ): run
         for run in runs
@@ -598,8 +627,7 @@ async def probe_round(
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
     now = time.perf_counter()
-    for task in pending:
-        run = tasks[task]
+    for run in (tasks[task] for task in pending if not tasks[task].sampled):
         elapsed = (now - run.inflight_since) * 1000 if run.inflight_since else None
         run.samples.append(
             Sample(

@@ -70,7 +70,7 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
         try:
             row = conn.execute(
                 "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
@@ -86,15 +86,29 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     return tuple(row) if row else None  # type: ignore[return-value]
 
 
+def _uri_path(path: str) -> str:
+    """A file name as SQLite's URI syntax reads it: '?' and '#' would end the path, '%' starts an escape."""
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
 def _quick_db_path(explicit: str | None) -> str | None:
-    """--db, LINEPICKER_DB, else platformdirs' user data dir as it is on Linux; None: leave it to platformdirs."""
+    """--db, LINEPICKER_DB, else platformdirs' user data dir on Linux; None: leave it to platformdirs.
+
+    Only the plain cases are answered here (an absolute XDG_DATA_HOME, or none
+    and an absolute HOME): for odd values platformdirs' versions disagree, and
+    `env` must read the very file that `pick` wrote.
+    """
     chosen = explicit or os.environ.get("LINEPICKER_DB")
     if chosen:
         return os.path.expanduser(chosen)
     if not sys.platform.startswith("linux"):
         return None
-    base = os.environ.get("XDG_DATA_HOME", "").strip() or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "linepicker", "linepicker.db")
+    xdg, home = os.environ.get("XDG_DATA_HOME", ""), os.environ.get("HOME", "")
+    if xdg:
+        base = xdg if os.path.isabs(xdg) and xdg == xdg.strip() else None
+    else:
+        base = os.path.join(home, ".local", "share") if os.path.isabs(home) else None
+    return None if base is None else os.path.join(base, "linepicker", "linepicker.db")
 
 
 def _quick_env_args(argv: list[str]) -> dict[str, str] | None:

@@ -8,6 +8,7 @@ opens in every later one. No secret is ever written here.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -22,9 +23,8 @@ from .shellenv import BUSY_TIMEOUT_S
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from .config import Line
-
     from .chat import ChatSample
+    from .config import Line
     from .probe import Sample
 
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
@@ -201,14 +201,11 @@ MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
 
 class Store:
     def __init__(self, path: Path):
-        import sqlite_utils
-
         self.path = path
         conn = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
-            self.db = sqlite_utils.Database(conn)
+            self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
             self._refuse_foreign()
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
@@ -222,8 +219,17 @@ class Store:
                 raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
             raise StoreError(f"{path}: cannot use the database: {_explain(exc)}") from None
 
+    @functools.cached_property
+    def db(self) -> "sqlite_utils.Database":
+        """sqlite_utils on the same connection, for migrations and writes, made on first use: reads are
+        plain SQL on `conn`, so `status` and `history` over an up-to-date file never import it
+        (≈ 35 ms with dateutil, docs/benchmarks.md §5)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -239,7 +245,7 @@ class Store:
 
         Files made before the application id was set are recognised by their migrations table.
         """
-        conn = self.db.conn
+        conn = self.conn
         app_id = self._app_id()
         if app_id == APPLICATION_ID:
             return
@@ -253,7 +259,7 @@ class Store:
 
         An up-to-date file is only read, so opening it never waits for a writer and works read-only.
         """
-        conn = self.db.conn
+        conn = self.conn
         if not self._pending():
             return
         conn.execute("begin immediate")
@@ -271,18 +277,18 @@ class Store:
         conn.commit()
 
     def _app_id(self) -> int:
-        return self.db.conn.execute("pragma application_id").fetchone()[0]
+        return self.conn.execute("pragma application_id").fetchone()[0]
 
     def _pending(self) -> list[tuple[str, Callable[["sqlite_utils.Database"], None]]]:
-        if not self.db.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'migrations'").fetchone():
+        if not self.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'migrations'").fetchone():
             return list(MIGRATIONS)
-        done = {row[0] for row in self.db.conn.execute("select name from migrations")}
+        done = {row[0] for row in self.conn.execute("select name from migrations")}
         return [(name, migrate) for name, migrate in MIGRATIONS if name not in done]
 
     def _write(self, action: Callable[[], object]) -> object:
         """Run a write in one transaction, turning SQLite failures into a StoreError naming the file."""
         try:
-            with self.db.conn:
+            with self.conn:
                 return action()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: write failed: {_explain(exc)}") from None
@@ -291,7 +297,7 @@ class Store:
         """A line is its name and URL: history under a changed URL is another line's."""
 
         def find(line: "Line") -> int | None:
-            row = self.db.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
+            row = self.conn.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
             return row[0] if row else None
 
         def upsert() -> dict[str, int]:
@@ -365,7 +371,7 @@ class Store:
         """Each line's newest chat probe since a time, and how many rounds have measured the line after it."""
         result = {}
         for name, line_id in line_ids.items():
-            row = self.db.execute(
+            row = self.conn.execute(
                 "select round_id, model, outcome, success, error, ttft_ms, tokens, tokens_per_s, started_at from chats "
                 "where line_id = ? and started_at >= ? order by started_at desc limit 1",
                 [line_id, since],
@@ -373,7 +379,7 @@ class Store:
             if row is None:
                 continue
             round_id, *fields = row
-            later = self.db.execute(
+            later = self.conn.execute(
                 "select count(distinct round_id) from samples where line_id = ? and started_at > ? and round_id > ?",
                 [line_id, fields[-1], round_id],
             ).fetchone()[0]
@@ -393,7 +399,7 @@ class Store:
         if not names:
             return result
         marks = ",".join("?" * len(names))
-        rows = self.db.execute(
+        rows = self.conn.execute(
             f"select line_id, success, ttfb_ms from samples where line_id in ({marks}) and started_at >= ? "
             "and success is not null order by started_at",
             [*names, since],
@@ -406,7 +412,7 @@ class Store:
         """The newest sample of each line, for 'last outcome' and 'last error' in status."""
         result = {}
         for name, line_id in line_ids.items():
-            row = self.db.execute(
+            row = self.conn.execute(
                 "select outcome, error, started_at from samples where line_id = ? order by started_at desc limit 1",
                 [line_id],
             ).fetchone()
@@ -420,7 +426,7 @@ class Store:
         for name, line_id in line_ids.items():
             # Read newest first and stop at the previous round: a round's samples are the newest few
             # rows, and each row read costs a table lookup (1,000 lines: 11 ms, against 78 ms for 100 rows each).
-            rows = self.db.execute(
+            rows = self.conn.execute(
                 "select round_id, success from samples where line_id = ? and success is not null "
                 "order by started_at desc",
                 [line_id],
@@ -433,7 +439,7 @@ class Store:
         return {name: up for name, (_, up) in result.items()}
 
     def choice(self) -> Decision | None:
-        row = self.db.execute(
+        row = self.conn.execute(
             "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
         ).fetchone()
         return Decision(*row) if row else None
@@ -447,13 +453,13 @@ class Store:
 
     def decisions(self, limit: int = 10, since: float = 0.0) -> list[Decision]:
         """Newest first."""
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "select name, url, previous, reason, decided_at from decisions where decided_at >= ? order by id desc limit ?", [since, limit]
         ).fetchall()
         return [Decision(*row) for row in rows]
 
     def pinned(self) -> str | None:
-        row = self.db.execute("select value from state where key = 'pinned'").fetchone()
+        row = self.conn.execute("select value from state where key = 'pinned'").fetchone()
         return row[0] if row else None
 
     def set_pinned(self, name: str | None) -> None:
@@ -469,7 +475,7 @@ class Store:
         if not names:
             return result
         marks = ",".join("?" * len(names))
-        rows = self.db.execute(
+        rows = self.conn.execute(
             f"select line_id, started_at, success, ttfb_ms from samples where line_id in ({marks}) and started_at >= ? "
             "and success is not null order by started_at",
             [*names, since],
@@ -497,7 +503,7 @@ class Store:
         its row (counts exactly, percentiles as a sample-weighted mean).
         """
         cutoff = before - before % 3600
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "select line_id, started_at - started_at % 3600, success, ttfb_ms, outcome from samples "
             "where started_at < ? order by line_id, started_at",
             [cutoff],
@@ -512,7 +518,8 @@ class Store:
             self.db.execute("delete from samples where started_at < ?", [cutoff])
             self.db.execute("delete from chats where started_at < ?", [cutoff])  # no hourly form: kept as long as raw samples
             gone = self.db.execute(
-                "delete from rounds where started_at < ? and not exists (select 1 from samples where samples.round_id = rounds.id)",
+                "delete from rounds where started_at < ? and not exists (select 1 from samples where samples.round_id = rounds.id) "
+                "and not exists (select 1 from chats where chats.round_id = rounds.id)",
                 [cutoff],
             ).rowcount
             return RollUp(len(rows), len(hours), gone)
@@ -520,7 +527,7 @@ class Store:
         return self._write(apply)  # type: ignore[return-value]
 
     def _merge_hour(self, row: dict) -> None:
-        old = self.db.execute(
+        old = self.conn.execute(
             "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
             "where line_id = ? and hour = ?",
             [row["line_id"], row["hour"]],
@@ -536,7 +543,7 @@ class Store:
         names = {line_id: name for name, line_id in line_ids.items()}
         result: dict[str, list[HourRow]] = {name: [] for name in line_ids}
         marks = ",".join("?" * len(names))
-        rows = self.db.execute(
+        rows = self.conn.execute(
             f"select line_id, hour, samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms from hourly "
             f"where line_id in ({marks}) and hour >= ? order by hour",
             [*names, since - 3600],
@@ -551,7 +558,7 @@ class Store:
 
     def latest_round_samples(self, name: str, url: str) -> list[dict]:
         """The samples of the newest round that measured this line, as `doctor` judges the line by how it answers now."""
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "select s.round_id, s.outcome, s.status, s.error, s.key_sent, s.started_at from samples s "
             "join lines l on l.id = s.line_id where l.name = ? and l.url = ? order by s.started_at desc limit 100",
             [name, url],

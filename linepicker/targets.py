@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import TargetError
-from .shellenv import SHELLS, client_env, detect_shell, shell_exports  # noqa: F401 (re-exported: the targets hand these out)
+from .shellenv import client_env
 
 if TYPE_CHECKING:
     from .config import CodexTarget, Targets, TemplateTarget

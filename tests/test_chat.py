@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from linepicker.chat import ChatSample, Event, EventStream, chat_once
 from linepicker.config import ChatSettings, Line, ProbeSettings, load_config
 from linepicker.live import LiveState
-from linepicker.probe import make_ssl_context, probe_round
+from linepicker.metrics import registry
+from linepicker.probe import Phases, Sample, make_ssl_context, probe_round
 from linepicker.store import Store
+from linepicker.web import render_page
 from servers import ServerThread, head, refused_url, start_raw_server
 
 KEY = "sk-test-chat-0123456789abcdef"
@@ -44,6 +48,7 @@ class Chat:
     tokens: int = 8
     usage: bool = True
     models: list[str] = field(default_factory=lambda: ["gpt-4.1-mini", "gpt-4o"])
+    models_ms: float = 0.0  # wait before answering /v1/models
 
 
 @dataclass
@@ -63,10 +68,13 @@ class ChatRelay:
         name = request.match_info["name"]
         self.headers[name].append(dict(request.headers))
         chat = self.lines[name]
+        await asyncio.sleep(chat.models_ms / 1000)
         if "anthropic-version" in request.headers:
             if request.headers.get("x-api-key") != KEY:
                 return web.json_response(ANTHROPIC_AUTH, status=401)
-            return web.json_response({**ANTHROPIC_MODELS, "data": [{"type": "model", "id": m} for m in chat.models]})
+            limit = int(request.query.get("limit", 20))  # Anthropic pages its list, 20 by default
+            page = [{"type": "model", "id": m} for m in chat.models[:limit]]
+            return web.json_response({**ANTHROPIC_MODELS, "data": page, "has_more": len(chat.models) > limit})
         return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in chat.models]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -307,6 +315,18 @@ def test_an_anthropic_line_is_probed_with_its_headers_and_judged_by_its_shapes(c
     assert line["outcomes"] == ["auth"], "Anthropic's error shape is the API refusing the key"
 
 
+def test_a_required_model_past_anthropics_first_page_is_found(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    models = [f"claude-old-{n}" for n in range(40)] + ["claude-sonnet-4-5"]
+    probe = {"timeout": 2, "samples": 1, "api": "anthropic", "require_models": ["claude-sonnet-4-5"]}
+    config = write_config({"claude": chat_relay.url("paged", models=models)}, key_env="ANTHROPIC_API_KEY", probe=probe)
+    line = json.loads(run("probe", "--config", str(config), "--json").stdout)["lines"][0]
+    assert line["outcomes"] == ["ok"], line["error"]
+    short = write_config({"claude": chat_relay.url("paged", models=models)}, key_env="ANTHROPIC_API_KEY", probe={**probe, "path": "/v1/models?limit=10"})
+    line = json.loads(run("probe", "--config", str(short), "--json").stdout)["lines"][0]
+    assert line["outcomes"] == ["missing_model"] and "10 models listed, the first page of a longer list" in line["error"]
+
+
 def test_an_openai_shaped_object_without_a_model_list_is_not_the_anthropic_api(server: ServerThread) -> None:
     body = json.dumps({"object": "status", "ok": True}).encode()
     url = start_raw_server(server, _answer(head(content_type="application/json", content_length=len(body)) + body))
@@ -327,8 +347,8 @@ def _answer(raw: bytes) -> Any:
     return handler
 
 
-@pytest.mark.parametrize("other_origin, keeps_key", [(False, True), (True, False)])
-def test_x_api_key_crosses_a_redirect_only_within_its_origin(server: ServerThread, other_origin: bool, keeps_key: bool) -> None:
+@pytest.mark.parametrize("header, other_origin, keeps_key", [("location", False, True), ("location", True, False), ("uri", True, False)])
+def test_x_api_key_crosses_a_redirect_only_within_its_origin(server: ServerThread, header: str, other_origin: bool, keeps_key: bool) -> None:
     """aiohttp drops Authorization itself; Anthropic's x-api-key is linepicker's to drop."""
     seen: dict[str, list[bytes]] = {"line": [], "other": []}
     route: dict[str, str] = {}
@@ -339,7 +359,7 @@ def test_x_api_key_crosses_a_redirect_only_within_its_origin(server: ServerThrea
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             request = await reader.readuntil(b"\r\n\r\n")
             seen[name].append(request)
-            writer.write(head("302 Found", location=route["to"], content_length=0) if b" /start/" in request else models)
+            writer.write(head("302 Found", **{header: route["to"]}, content_length=0) if b" /start/" in request else models)
             await writer.drain()
             writer.close()
 
@@ -387,6 +407,19 @@ def test_a_line_whose_model_calls_fail_is_not_eligible(chat_relay: ChatRelay, wr
     assert {line["name"]: line["healthy"] for line in data["lines"]} == {"broken": True, "good": True}
 
 
+def test_pick_does_not_settle_on_a_fast_line_before_its_model_call_fails(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    lines = {"fast": chat_relay.url("s-fast", mode="http404"), "slow": chat_relay.url("s-slow", models_ms=300)}
+    config = chat_config(write_config, lines)
+    for _ in range(2):
+        result = run("pick", "--config", str(config), "--json")
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["chosen"]["name"] == "slow", "the only line whose model calls work"
+        outcomes = {line["name"]: line["outcomes"] for line in data["lines"]}
+        assert outcomes["slow"] == ["ok", "ok"], "waited for, not cut short as unfinished"
+
+
 def test_chat_runs_every_nth_round_and_only_when_configured(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     plain = write_config({"p": chat_relay.url("n-plain")}, name="plain.yaml")
@@ -396,6 +429,15 @@ def test_chat_runs_every_nth_round_and_only_when_configured(chat_relay: ChatRela
     for _ in range(7):
         assert run("pick", "--config", str(config)).exit_code == 0
     assert len(chat_relay.chats["n-every"]) == 3, "rounds 1, 4 and 7"
+
+
+def test_without_the_key_no_chat_is_sent_and_the_user_is_told(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = chat_config(write_config, {"k": chat_relay.url("no-key")})
+    result = run("pick", "--config", str(config), "--json")
+    assert result.exit_code == 0, result.output
+    assert "probe.chat is skipped: $OPENAI_API_KEY is not set" in result.stderr
+    assert chat_relay.chats["no-key"] == [] and json.loads(result.stdout)["lines"][0]["chat"] is None
 
 
 def test_a_dead_line_costs_no_tokens(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
@@ -412,6 +454,24 @@ def test_the_daemon_judges_model_calls_too(chat_relay: ChatRelay, write_config, 
     with Store(db_path) as store:
         [stats] = LiveState(load_config(config_path), store).stats()
     assert stats.model_error and "upstream overloaded" in stats.model_error
+
+
+def test_the_daemon_page_and_metrics_show_the_model_call(chat_relay: ChatRelay, write_config, run, db_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    lines = {"fast": chat_relay.url("pm-fast", gap_ms=5), "broken": chat_relay.url("pm-broken", mode="http404")}
+    config_path = chat_config(write_config, lines)
+    assert run("probe", "--config", str(config_path)).exit_code == 0
+    with Store(db_path) as store:
+        live = LiveState(load_config(config_path), store)
+        exposition = generate_latest(registry(live)).decode()
+        page = render_page(live)
+    values = {(s.name, s.labels["line"]): s.value for f in text_string_to_metric_families(exposition) for s in f.samples if "chat" in s.name}
+    assert values[("linepicker_line_chat_ok", "fast")] == 1 and values[("linepicker_line_chat_ok", "broken")] == 0
+    assert 0 < values[("linepicker_line_chat_ttft_seconds", "fast")] < 3
+    assert values[("linepicker_line_chat_tokens_per_second", "fast")] > 0
+    assert ("linepicker_line_chat_ttft_seconds", "broken") not in values, "a failed call has no speed to report"
+    assert "model call (gpt-4.1-mini" in page and "first token" in page and "tokens/s" in page
+    assert "http_4xx" in page and KEY not in page + exposition
 
 
 @pytest.mark.parametrize(
@@ -431,6 +491,21 @@ def test_bad_chat_settings_are_config_errors_with_a_line_number(write_config, ru
     result = run("probe", "--config", str(config))
     assert result.exit_code == 2 and words in result.stderr, result.stderr
     assert f"{config}:" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_chat_kept_past_the_hour_keeps_its_round(db_path: Path) -> None:
+    """A round can straddle the hour: its samples rolled up, its chat a second later still raw, still in its round."""
+    hour = time.time() // 3600 * 3600
+    with Store(db_path) as store:
+        ids = store.line_ids([Line("a", "http://127.0.0.1:9")])
+        round_id = store.start_round("pick")
+        store.db.execute("update rounds set started_at = ? where id = ?", [hour - 2, round_id])
+        store.add_samples(round_id, ids, [Sample("a", 0, hour - 1, "ok", True, Phases(ttfb_ms=5))])
+        store.add_chats(round_id, ids, [ChatSample("a", hour + 1, "gpt-4.1-mini", "ok", True, Phases(ttfb_ms=5), ttft_ms=9)])
+        store.roll_up(hour + 60)
+        assert store.db["samples"].count == 0 and store.db["chats"].count == 1
+        orphans = "select count(*) from chats where round_id not in (select id from rounds)"
+        assert store.db.execute(orphans).fetchone()[0] == 0
 
 
 def test_chats_leave_with_the_raw_samples(chat_relay: ChatRelay, write_config, run, db_path: Path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import Result
 
 from conftest import stdout_json
-from servers import Relay, ServerThread, refused_url, reset_connection, send_garbage
+from servers import Relay, ServerThread, head, refused_url, replies, reset_connection, send_garbage, start_raw_server
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -295,3 +295,12 @@ def test_config_lookup_falls_back_to_the_current_directory(relay: Relay, write_c
     result = run("pick", "--json")
     assert stdout_json(result)["chosen"]["name"] == "here"
     assert "(current directory)" in result.stderr
+
+
+def test_a_relay_s_error_text_is_printed_as_sent(server: ServerThread, write_config, run) -> None:
+    """Text from the network is data: rich markup and :emoji: codes in it must not be interpreted."""
+    title = "[bold]Down[/bold] :warning: maintenance"
+    page = f"<html><title>{title}</title></html>".encode()
+    line = start_raw_server(server, replies(head("502 Bad Gateway", content_type="text/html", content_length=len(page)) + page))
+    result = run("probe", "--config", str(write_config({"odd": line})))
+    assert title in result.stdout, result.stdout

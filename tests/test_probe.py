@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from aiohttp import web
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe import probe_round
@@ -171,3 +172,24 @@ def test_insecure_line_skips_certificate_checks_only_when_asked(tls_relay: Relay
     runs = asyncio.run(probe_round(lines, settings, None))
     assert [run.samples[0].outcome for run in runs] == ["tls", "ok"]
     assert runs[1].samples[0].phases.tls_ms is not None
+
+
+def test_probe_concurrency_bounds_the_requests_in_flight(server: ServerThread) -> None:
+    """Answers that come within the 0.1 s lease keep the bound strict: accuracy depends on a loop that is not crowded."""
+    flight = {"now": 0, "most": 0, "served": 0}
+
+    async def models(request: web.Request) -> web.Response:
+        flight["now"] += 1
+        flight["most"] = max(flight["most"], flight["now"])
+        await asyncio.sleep(0.03)
+        flight["now"] -= 1
+        flight["served"] += 1
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_get("/{line}/v1/models", models)
+    base = f"http://127.0.0.1:{server.start_app(app)}"
+    settings = ProbeSettings(timeout=2, samples=2, concurrency=3)
+    runs = asyncio.run(probe_round([Line(f"l{n}", f"{base}/l{n}") for n in range(12)], settings, None))
+    assert all(s.outcome == "ok" for run in runs for s in run.samples)
+    assert flight["served"] == 24 and flight["most"] == 3

@@ -29,8 +29,10 @@ import yaml
 import linepicker.store
 from linepicker.config import Line
 from linepicker.probe import Phases, Sample
+from linepicker.shellenv import client_env
 from linepicker.store import Store
-from linepicker.targets import client_env, render_dotenv, update_claude_settings, update_dotenv
+from linepicker.targets import render_dotenv, update_claude_settings, update_dotenv
+from children import KILLED_WRITER
 from servers import MODELS_BODY, Relay, ServerThread, head, read_request, redirects, start_raw_server
 
 SECRET = f"sk-test-SECRET-{uuid.uuid4().hex}"
@@ -244,19 +246,6 @@ def test_new_target_files_from_pick_are_private(relay: Relay, write_config, run,
     assert mode(tmp_path / "new/claude/settings.json") == 0o600
 
 
-KILLED_WRITER = r"""
-import sys
-from pathlib import Path
-from linepicker.targets import update_claude_settings, update_dotenv
-
-dotenv, settings, urls = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-print("ready", flush=True)
-n = 0
-while True:
-    update_claude_settings(settings, urls[n % 2])
-    update_dotenv(dotenv, urls[n % 2])
-    n += 1
-"""
 URLS = ("https://a.example", "https://b.example")
 SETTINGS = {"model": "opus", "permissions": {"allow": [f"Bash(tool-{n}:*)" for n in range(20_000)]}, "env": {"KEEP": "1"}}
 DOTENV = "# mine\nexport TOKEN='abc'\nOPENAI_BASE_URL=\"x\"\nDEBUG=1 # on\n"

@@ -54,6 +54,37 @@ def test_the_default_database_is_the_one_the_cli_uses(tmp_path: Path, monkeypatc
     assert console_script(["env", "--shell", "fish"], monkeypatch, capsys) == click_cli(["env", "--shell", "fish"])
 
 
+@pytest.mark.parametrize(
+    "xdg, home",
+    [(None, "/home/u"), ("", "/home/u"), ("/data", "/home/u"), ("relative/dir", "/home/u"), (" /data ", "/home/u"), (None, "relative"), (None, "")],
+)
+def test_the_fast_path_never_names_another_default_database(xdg: str | None, home: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fast path is unsure it must defer, never guess: a wrong guess says 'no line chosen' beside a choice."""
+    from linepicker.store import default_db_path
+
+    monkeypatch.delenv("LINEPICKER_DB", raising=False)
+    monkeypatch.setenv("HOME", home)
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    quick = shellenv._quick_db_path(None)
+    try:
+        expected = str(default_db_path())
+    except RuntimeError:  # platformdirs finds no home at all; the fast path must not have invented one
+        expected = None
+    assert quick is None or quick == expected
+
+
+def test_a_database_path_with_uri_characters_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "we#ird?%20dir" / "lp.db"
+    db.parent.mkdir()
+    argv = ["env", "--db", str(chosen(db)), "--shell", "bash"]
+    fast = console_script(argv, monkeypatch, capsys)
+    assert fast[0] == 0 and "OPENAI_BASE_URL=" in fast[1]
+    assert fast == click_cli(argv)
+
+
 @pytest.mark.parametrize("content", [None, b"", b"not a database at all, just some bytes" * 100])
 def test_no_choice_and_broken_files_fail_alike(content: bytes | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "lp.db"

@@ -18,17 +18,8 @@ import pytest
 
 from linepicker.config import Targets
 from linepicker.errors import TargetError
-from linepicker.targets import (
-    SHELLS,
-    atomic_write,
-    client_env,
-    detect_shell,
-    render_dotenv,
-    shell_exports,
-    update_claude_settings,
-    update_dotenv,
-    write_targets,
-)
+from linepicker.shellenv import SHELLS, client_env, detect_shell, shell_exports
+from linepicker.targets import atomic_write, render_dotenv, update_claude_settings, update_dotenv, write_targets
 
 URL = "https://new.example"
 OLD = "https://old.example"
