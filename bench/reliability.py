@@ -58,6 +58,7 @@ PYTHON = sys.executable
 
 PROBE_CHILD = r"""
 import asyncio, json, sys, time
+import aiohttp  # probe imports it on first use; its import belongs to the baseline, not to the probe
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe import probe_round
 def kib(field):

@@ -103,6 +103,7 @@ class Stamps:
     tls_start: float | None = None
     conn_end: float | None = None
     request_sent: float | None = None
+    first_byte: float | None = None  # the answer's first bytes, decrypted, before aiohttp parses them
     headers: float | None = None
     body_end: float | None = None
     end: float = 0.0
@@ -110,7 +111,13 @@ class Stamps:
     def new_hop(self) -> None:
         """A redirect starts a new request: the phases describe the hop that answered."""
         self.dns_start = self.dns_end = self.conn_start = self.tls_start = None
-        self.conn_end = self.request_sent = self.headers = self.body_end = None
+        self.conn_end = self.request_sent = self.first_byte = self.headers = self.body_end = None
+
+    @property
+    def answered(self) -> float | None:
+        """When the answer began: its first bytes, else (if they came before they could be
+        watched) the parsed headers, which are later by aiohttp's parsing and a loop turn."""
+        return self.first_byte if self.first_byte is not None else self.headers
 
     def phases(self) -> Phases:
         connect_from = self.dns_end if self.dns_end is not None else self.conn_start
@@ -119,8 +126,8 @@ class Stamps:
             dns_ms=_span(self.dns_start, self.dns_end),
             connect_ms=_span(connect_from, tcp_done),
             tls_ms=_span(self.tls_start, self.conn_end),
-            ttfb_ms=_span(self.request_sent, self.headers),
-            transfer_ms=_span(self.headers, self.body_end),
+            ttfb_ms=_span(self.request_sent, self.answered),
+            transfer_ms=_span(self.answered, self.body_end),
             total_ms=_span(self.start, self.end),
         )
 
@@ -322,7 +329,38 @@ def fresh_session(ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
     import aiohttp
 
     connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
-    return aiohttp.ClientSession(connector=connector, trace_configs=[_trace_config()], trust_env=False)
+    return aiohttp.ClientSession(
+        connector=connector, trace_configs=[_trace_config()], response_class=_first_byte_response(), trust_env=False
+    )
+
+
+@functools.cache
+def _first_byte_response() -> type[aiohttp.ClientResponse]:
+    """A response that stamps the moment its first bytes arrive, as curl's time_starttransfer does.
+
+    aiohttp's tracing has no such signal, and the parsed-headers moment comes
+    later by aiohttp's parsing and a turn of the event loop (about 0.3 ms,
+    docs/benchmarks.md §1). start() runs right after the request is written,
+    before the loop can deliver any answer, so watching the protocol's next
+    data_received from there sees the answer's first bytes, after TLS.
+    """
+    import aiohttp
+
+    class FirstByteResponse(aiohttp.ClientResponse):
+        async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+            stamps, protocol = current_stamps.get(), connection.protocol
+            if stamps is not None and protocol is not None:
+                receive = protocol.data_received
+
+                def first_bytes(data: bytes) -> None:
+                    stamps.first_byte = time.perf_counter()
+                    del protocol.data_received  # back to the class's own method
+                    receive(data)
+
+                protocol.data_received = first_bytes  # type: ignore[method-assign]
+            return await super().start(connection)
+
+    return FirstByteResponse
 
 
 async def read_capped(response: aiohttp.ClientResponse, cap: int = BODY_CAP) -> tuple[bytes, bool]:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe import probe_round
-from servers import Relay, ServerThread, refused_url, reset_connection, send_garbage
+from servers import Relay, ServerThread, read_request, refused_url, reset_connection, send_garbage, start_raw_server, tls_server_context
 
 
 def probe(url: str, key: str | None = None, timeout: float = 2.0, samples: int = 1, name: str = "x", proxy: str | None = None):
@@ -193,3 +193,28 @@ def test_probe_concurrency_bounds_the_requests_in_flight(server: ServerThread) -
     runs = asyncio.run(probe_round([Line(f"l{n}", f"{base}/l{n}") for n in range(12)], settings, None))
     assert all(s.outcome == "ok" for run in runs for s in run.samples)
     assert flight["served"] == 24 and flight["most"] == 3
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_time_to_first_byte_ends_at_the_answer_s_first_bytes(server: ServerThread, ca, trust, tls: bool) -> None:
+    """Like curl's time_starttransfer: a status line sent at once and the rest of the head 0.3 s later is a fast first byte.
+
+    Over TLS too, where the first bytes the socket reads after the request may be a session ticket, not the answer.
+    """
+    body = b'{"object": "list", "data": []}'
+
+    async def slow_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+
+    context = tls_server_context(ca.issue_cert("127.0.0.1")) if tls else None
+    url = start_raw_server(server, slow_head, ssl_context=context)
+    [sample] = probe(url)
+    assert sample.outcome == "ok", sample.error
+    assert sample.phases.ttfb_ms < 150, sample.phases
+    assert sample.phases.transfer_ms >= 250, "the rest of the answer is transfer"
