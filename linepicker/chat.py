@@ -57,7 +57,7 @@ class ChatSample:
     model: str
     outcome: str
     success: bool
-    phases: Phases  # ttfb: request sent → response headers; total: the whole answer
+    phases: Phases  # ttfb: request sent → the answer's first bytes; total: the whole answer
     ttft_ms: float | None = None  # request sent → first text of the answer
     tokens: int | None = None  # output tokens: the API's usage when it gives one, else text chunks counted
     tokens_per_s: float | None = None  # from the first to the last text chunk
@@ -139,7 +139,7 @@ class Answer:
     def payload(event: Event) -> dict[str, Any]:
         try:
             data = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, a relay can send that
             raise StreamError(PROTOCOL, f"malformed event: data is not JSON: {event.data[:80]!r}") from None
         if not isinstance(data, dict):
             raise StreamError(PROTOCOL, f"malformed event: data is not a JSON object: {event.data[:80]!r}")
@@ -317,7 +317,7 @@ def _judge(answer: Answer, api: str) -> tuple[str, str | None]:
 def _json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

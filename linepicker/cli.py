@@ -101,8 +101,8 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
     from . import output, picker
 
     config = _load(config_path)
-    if config.key_env and not config.api_key():
-        output.warn(f"{config.key_env} is not set: probing without a key")
+    if missing := config.missing_key():
+        output.warn(missing)
     with _open_store(db_path) as store:
         show_progress = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
         total = len(config.active_lines) * config.probe.samples

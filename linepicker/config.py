@@ -133,6 +133,13 @@ class Config:
             return None
         return os.environ.get(self.key_env) or None
 
+    def missing_key(self) -> str | None:
+        """What a round does without its key, for commands that probe to say before they start."""
+        if not self.key_env or self.api_key():
+            return None
+        chat = ", and sending no chat (a relay refuses one without the key)" if self.probe.chat else ""
+        return f"{self.key_env} is not set: probing without a key{chat}"
+
 
 def bundled_config_path() -> Path:
     """The wheel ships the repo's top-level lines.yaml inside the package; a source checkout has only the top-level one."""
@@ -327,9 +334,8 @@ class _Validator:
         if not [line for line in lines if line.name not in exclude]:
             raise self.fail(top["exclude"], "exclude leaves no line to probe")
         probe = self.probe(top.get("probe"))
-        if probe.chat is not None and not (key_env and os.environ.get(key_env)):
-            missing = f"${key_env} is not set" if key_env else "there is no key_env"
-            self.warn(top["probe"], f"probe.chat is skipped: {missing}, and a relay refuses a chat without the key")
+        if probe.chat is not None and not key_env:
+            self.warn(top["probe"], "probe.chat is skipped: there is no key_env, and a relay refuses a chat without the key")
         return Config(
             source=self.path,
             origin=self.origin,

@@ -142,8 +142,8 @@ class Daemon:
         config = self.live.config
         for warning in config.warnings:
             log.warning("config: %s", warning)
-        if config.key_env and not config.api_key():
-            log.warning("%s is not set: probing without a key", config.key_env)
+        if missing := config.missing_key():
+            log.warning("%s", missing)
         self.store.finish_abandoned_rounds([FULL, RECHECK], "interrupted: an earlier daemon stopped mid-round")
         runner = await web.start(self.live, self.listen) if self.listen else None
         self.url = web.page_url(runner) if runner else None

@@ -200,7 +200,7 @@ def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str
         checked.append(str(path))
         try:
             data = json.loads(text) if text.strip() else {}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             line = getattr(exc, "lineno", 1)
             findings.append(Finding(WARNING, "not valid JSON: Claude Code cannot use it, and linepicker leaves it untouched", f"{path}:{line}", "fix the JSON syntax"))
             continue

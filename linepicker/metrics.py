@@ -45,9 +45,9 @@ class LiveCollector:
         chat_ok = GaugeMetricFamily(
             "linepicker_line_chat_ok", "1 if the latest chat probe in the window succeeded, else 0 (probe.chat only).", labels=["line", "model"]
         )
-        ttft = GaugeMetricFamily("linepicker_line_chat_ttft_seconds", "Time to first token of the latest successful chat probe.", labels=["line", "model"])
+        ttft = GaugeMetricFamily("linepicker_line_chat_ttft_seconds", "Time to first token of the latest chat probe, when it succeeded.", labels=["line", "model"])
         speed = GaugeMetricFamily(
-            "linepicker_line_chat_tokens_per_second", "Output tokens per second of the latest successful chat probe.", labels=["line", "model"]
+            "linepicker_line_chat_tokens_per_second", "Output tokens per second of the latest chat probe, when it succeeded.", labels=["line", "model"]
         )
         for view in views:
             name = view.status.line.name

@@ -64,9 +64,17 @@ class _Settled:
     the verdict, so a hanging line does not hold `pick` to its timeout.
     """
 
-    def __init__(self, config: Config, history: dict[str, list[tuple[bool, float | None]]], current: str | None, pinned: str | None):
+    def __init__(
+        self,
+        config: Config,
+        history: dict[str, list[tuple[bool, float | None]]],
+        model_errors: dict[str, str],
+        current: str | None,
+        pinned: str | None,
+    ):
         self.config = config
         self.history = history
+        self.model_errors = model_errors  # recorded before the round: they stand for lines that do not chat in it
         self.current = current
         self.pinned = pinned
 
@@ -76,7 +84,8 @@ class _Settled:
         for run in runs:
             outcomes = self.history[run.line.name] + finished(run.samples)
             if run.done:
-                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples), chat_error(run.chat)))
+                error = chat_error(run.chat) if run.chat else self.model_errors.get(run.line.name)
+                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples), error))
                 continue
             waited = (now - run.inflight_since) * 1000 if run.inflight_since else 0.0
             outcomes += [(True, waited)] * (self.config.probe.samples - len(run.samples))
@@ -183,7 +192,8 @@ async def run_round(
     settled = None
     if choose_line:
         previous = store.choice()
-        settled = _Settled(config, history, previous.name if previous else None, store.pinned())
+        errors = model_errors(config, store, line_ids)
+        settled = _Settled(config, history, errors, previous.name if previous else None, store.pinned())
     round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample)
     errors = model_errors(config, store, line_ids)
     reports = [

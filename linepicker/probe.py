@@ -353,8 +353,9 @@ def _first_byte_response() -> type[aiohttp.ClientResponse]:
                 receive = protocol.data_received
 
                 def first_bytes(data: bytes) -> None:
-                    stamps.first_byte = time.perf_counter()
-                    del protocol.data_received  # back to the class's own method
+                    if data:  # aiohttp itself may call it with b"" when it resumes reading
+                        stamps.first_byte = time.perf_counter()
+                        vars(protocol).pop("data_received", None)  # back to the class's own method
                     receive(data)
 
                 protocol.data_received = first_bytes  # type: ignore[method-assign]
@@ -419,7 +420,7 @@ def _json_shape(body: bytes, complete: bool, api: str = "openai") -> tuple[str |
     if complete:
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, a relay can send that
             return None, {}
         if not isinstance(data, dict):
             return None, {}

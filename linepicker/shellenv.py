@@ -70,7 +70,7 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(f"{_file_uri(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
         try:
             row = conn.execute(
                 "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
@@ -86,9 +86,15 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     return tuple(row) if row else None  # type: ignore[return-value]
 
 
-def _uri_path(path: str) -> str:
-    """A file name as SQLite's URI syntax reads it: '?' and '#' would end the path, '%' starts an escape."""
-    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+def _file_uri(path: str) -> str:
+    """The file as a URI SQLite reads back to the same name, without importing pathlib or urllib.
+
+    Absolute with an empty authority, so '//tmp/x' is not read as host 'tmp';
+    '?' and '#' would end the path and '%' starts an escape.
+    """
+    absolute = os.path.abspath(path).replace(os.sep, "/")
+    escaped = absolute.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return "file://" + ("" if escaped.startswith("/") else "/") + escaped
 
 
 def _quick_db_path(explicit: str | None) -> str | None:

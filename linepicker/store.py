@@ -176,7 +176,7 @@ def _migration_4(db: "sqlite_utils.Database") -> None:
             "dns_ms": float,
             "connect_ms": float,
             "tls_ms": float,
-            "ttfb_ms": float,  # request sent -> response headers
+            "ttfb_ms": float,  # request sent -> the answer's first bytes
             "ttft_ms": float,  # request sent -> first text
             "total_ms": float,
             "tokens": int,

@@ -103,7 +103,7 @@ def update_claude_settings(path: Path, url: str) -> TargetResult:
     if original is not None and original.strip():
         try:
             data = json.loads(original)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TargetError(f"{path}: not valid JSON ({exc}); left untouched") from None
         if not isinstance(data, dict):
             raise TargetError(f"{path}: expected a JSON object at the top; left untouched")

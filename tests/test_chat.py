@@ -126,6 +126,8 @@ def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
 def openai_events(chat: Chat) -> list[str]:
     if chat.mode == "garbage":
         return [sse(chunk({"role": "assistant", "content": ""})), "data: {not json at all\n\n"]
+    if chat.mode == "deep":
+        return [sse(chunk({"role": "assistant", "content": ""})), "data: " + "[" * 5000 + "\n\n"]
     if chat.mode == "nochoices":
         return [sse({"id": "c1", "something": "else"})]
     if chat.mode == "error_event":
@@ -152,6 +154,8 @@ def anthropic_events(chat: Chat) -> list[str]:
     start = sse({"type": "message_start", "message": {"id": "m1", "type": "message", "role": "assistant", "content": [], "usage": {"input_tokens": 18, "output_tokens": 1}}}, "message_start")
     if chat.mode == "garbage":
         return [start, "event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"delta\": \n\n"]
+    if chat.mode == "deep":
+        return [start, "event: content_block_delta\ndata: " + "[" * 5000 + "\n\n"]
     if chat.mode == "nochoices":
         return [start, sse({"index": 0, "delta": {"text": "1"}}, "content_block_delta")]
     if chat.mode == "error_event":
@@ -238,6 +242,7 @@ def test_a_stream_that_stalls_mid_answer_ends_at_the_total_deadline(chat_relay: 
     "mode, outcome, words",
     [
         ("garbage", "protocol", "not JSON"),
+        ("deep", "protocol", "not JSON"),
         ("nochoices", "protocol", "malformed event"),
         ("error_event", "model_error", "mid-answer"),
         ("truncated", "protocol", "stream ended before"),
@@ -420,6 +425,19 @@ def test_pick_does_not_settle_on_a_fast_line_before_its_model_call_fails(chat_re
         assert outcomes["slow"] == ["ok", "ok"], "waited for, not cut short as unfinished"
 
 
+def test_a_recorded_failed_chat_still_counts_when_this_round_sends_none(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
+    """Without the key no chat is sent; the failure on record stands, and pick must not settle on that line."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    config = chat_config(write_config, {"fast": chat_relay.url("r-fast", mode="http404"), "slow": chat_relay.url("r-slow", models_ms=300)})
+    assert json.loads(run("pick", "--config", str(config), "--json").stdout)["chosen"]["name"] == "slow"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = run("pick", "--config", str(config), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["chosen"]["name"] == "slow"
+    assert {line["name"]: line["outcomes"] for line in data["lines"]}["slow"] == ["ok", "ok"]
+
+
 def test_chat_runs_every_nth_round_and_only_when_configured(chat_relay: ChatRelay, write_config, run, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     plain = write_config({"p": chat_relay.url("n-plain")}, name="plain.yaml")
@@ -436,7 +454,8 @@ def test_without_the_key_no_chat_is_sent_and_the_user_is_told(chat_relay: ChatRe
     config = chat_config(write_config, {"k": chat_relay.url("no-key")})
     result = run("pick", "--config", str(config), "--json")
     assert result.exit_code == 0, result.output
-    assert "probe.chat is skipped: $OPENAI_API_KEY is not set" in result.stderr
+    assert "OPENAI_API_KEY is not set: probing without a key, and sending no chat" in result.stderr
+    assert "no chat" not in run("status", "--config", str(config)).stderr, "only commands that probe say it"
     assert chat_relay.chats["no-key"] == [] and json.loads(result.stdout)["lines"][0]["chat"] is None
 
 

@@ -10,7 +10,18 @@ from aiohttp import web
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe import probe_round
-from servers import Relay, ServerThread, read_request, refused_url, reset_connection, send_garbage, start_raw_server, tls_server_context
+from servers import (
+    Relay,
+    ServerThread,
+    head,
+    read_request,
+    refused_url,
+    replies,
+    reset_connection,
+    send_garbage,
+    start_raw_server,
+    tls_server_context,
+)
 
 
 def probe(url: str, key: str | None = None, timeout: float = 2.0, samples: int = 1, name: str = "x", proxy: str | None = None):
@@ -76,6 +87,14 @@ def test_refused_port() -> None:
 def test_garbage_bytes_are_a_protocol_error(server: ServerThread) -> None:
     [sample] = probe(server.start_raw(send_garbage))
     assert sample.outcome == "protocol"
+
+
+@pytest.mark.parametrize("status", ["200 OK", "401 Unauthorized"])
+def test_json_nested_past_python_s_limit_is_not_the_api_and_breaks_nothing(server: ServerThread, status: str) -> None:
+    body = b"[" * 5000 + b"]" * 5000
+    reply = head(status, content_type="application/json", content_length=len(body)) + body
+    [sample] = probe(start_raw_server(server, replies(reply)))
+    assert sample.outcome == "not_api", sample.error
 
 
 def test_connection_reset(server: ServerThread) -> None:
