@@ -44,6 +44,7 @@ from .probe import (
     page_hint,
     read_capped,
     redact,
+    span_ms,
 )
 
 STREAM_CAP = 512 * 1024  # a 20-token answer is a few KiB; more is a relay streaming something else
@@ -275,7 +276,7 @@ async def chat_once(
         outcome=outcome,
         success=is_success(outcome, bool(key)),
         phases=stamps.phases(),
-        ttft_ms=_ms(stamps.request_sent, first),
+        ttft_ms=span_ms(stamps.request_sent, first),
         tokens=tokens,
         tokens_per_s=_rate(tokens, first, last) if outcome == OK else None,
         usage=answer.usage_tokens is not None,
@@ -340,10 +341,6 @@ def _progress(answer: Answer, first: float | None, stamps: Stamps) -> str:
     return f"stalled after {answer.text_chunks} text chunks"
 
 
-def _ms(start: float | None, end: float | None) -> float | None:
-    return None if start is None or end is None else round((end - start) * 1000, 3)
-
-
 def _rate(tokens: int | None, first: float | None, last: float | None) -> float | None:
     """Tokens after the first one over the time they took: the decoding speed, without the wait for the first."""
     if not tokens or tokens < 2 or first is None or last is None or last <= first:
@@ -361,7 +358,7 @@ def follow_up(settings: ProbeSettings, key: str | None, due: set[str]) -> Follow
 
     async def chat(run: LineRun, ssl_context: ssl.SSLContext, proxy: str | None, limits: Limits) -> None:
         if run.line.name in due and answered(run):
-            async with limits.sockets, limits.busy_place():
+            async with limits.place():
                 run.chat = await chat_once(run.line, settings, key, ssl_context, proxy)
 
     return chat

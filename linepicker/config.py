@@ -53,7 +53,7 @@ class ProbeSettings:
     path: str = "/v1/models"
     timeout: float = 5.0
     samples: int = 3
-    concurrency: int = 50  # lines probed at once; more make the event loop late to read answers (docs/benchmarks.md)
+    concurrency: int = 50  # requests in flight at once; more make the event loop late to read answers (docs/benchmarks.md)
     interval: float = 60.0  # daemon: seconds between full rounds
     down_interval: float = 10.0  # daemon: re-probe of lines that are down, like HAProxy's downinter
     api: str = "openai"  # which API's headers, answers and chat stream: openai or anthropic

@@ -112,7 +112,7 @@ async def measure(
     round_id = store.start_round(kind)
     key = config.api_key()
     follow_up = None
-    if config.probe.chat is not None and key:  # without the key a chat proves nothing (config warns)
+    if config.probe.chat is not None and key:  # without the key a chat proves nothing (Config.missing_key says so)
         from . import chat
 
         follow_up = chat.follow_up(config.probe, key, chat_due(config, store, line_ids))

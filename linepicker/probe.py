@@ -123,16 +123,17 @@ class Stamps:
         connect_from = self.dns_end if self.dns_end is not None else self.conn_start
         tcp_done = self.tls_start if self.tls_start is not None else self.conn_end
         return Phases(
-            dns_ms=_span(self.dns_start, self.dns_end),
-            connect_ms=_span(connect_from, tcp_done),
-            tls_ms=_span(self.tls_start, self.conn_end),
-            ttfb_ms=_span(self.request_sent, self.answered),
-            transfer_ms=_span(self.answered, self.body_end),
-            total_ms=_span(self.start, self.end),
+            dns_ms=span_ms(self.dns_start, self.dns_end),
+            connect_ms=span_ms(connect_from, tcp_done),
+            tls_ms=span_ms(self.tls_start, self.conn_end),
+            ttfb_ms=span_ms(self.request_sent, self.answered),
+            transfer_ms=span_ms(self.answered, self.body_end),
+            total_ms=span_ms(self.start, self.end),
         )
 
 
-def _span(start: float | None, end: float | None) -> float | None:
+def span_ms(start: float | None, end: float | None) -> float | None:
+    """Milliseconds between two perf_counter stamps; None unless the probe reached both."""
     if start is None or end is None:
         return None
     return round((end - start) * 1000, 3)
@@ -555,7 +556,7 @@ async def probe_line(
     of waiting behind the repeat samples of lines that answer.
     """
     for seq in range(settings.samples):
-        async with limits.sockets, limits.busy_place():
+        async with limits.place():
             run.inflight_since = time.perf_counter()
             sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy)
         run.samples.append(sample)
@@ -581,17 +582,25 @@ class Limits:
     """How much of a round runs at once.
 
     `sockets` keeps the open connections within the open-file limit. `busy` is
-    probe.concurrency: every sample in flight costs the one event loop CPU, and an answer that arrives while the loop is
-    busy waits unread, which inflates the time measured (docs/benchmarks.md). A
-    sample still waiting after LEASE_S gives its place back: waiting costs the
-    loop nothing, and a dead line must not hold a place for a whole timeout.
+    probe.concurrency: every request in flight costs the one event loop CPU,
+    and an answer that arrives while the loop is busy waits unread, which
+    inflates the time measured (docs/benchmarks.md). A request still waiting
+    after LEASE_S gives its busy place back: waiting costs the loop nothing, and
+    a dead line must not hold a place for a whole timeout.
     """
 
     sockets: asyncio.Semaphore
     busy: asyncio.Semaphore
 
     @contextlib.asynccontextmanager
-    async def busy_place(self) -> AsyncIterator[None]:
+    async def place(self) -> AsyncIterator[None]:
+        """The places one request takes: a socket for as long as it runs, a busy place under lease."""
+        async with self.sockets:
+            async with self._busy_place():
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _busy_place(self) -> AsyncIterator[None]:
         await self.busy.acquire()
         given_back = False
 
