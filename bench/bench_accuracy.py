@@ -2,7 +2,7 @@
 
 Lines with server-side delays of 20..300 ms (bench/delay_server.py, its own process).
 In interleaved blocks, the same lines are measured by
-  * linepicker.probe.probe_round, as `pick` runs it: all lines at once, samples one after another;
+  * linepicker.probe.round.probe_round, as `pick` runs it: all lines at once, samples one after another;
   * curl, one process per sample, one sample at a time:
     time_starttransfer - time_pretransfer (request sent -> first byte), the reference;
   * curl with the lines at once (a thread per line, its samples one after another), the
@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from common import Result, Servers, bench_main, clean_env, fmt, median, merged_lateness, print_table
 
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import OK, probe_round
+from linepicker.probe.outcomes import OK
+from linepicker.probe.round import probe_round
 
 DELAYS = [20, 30, 50, 75, 100, 150, 200, 250, 300]
 SAMPLES = 3  # per line per block, as the default `samples: 3`

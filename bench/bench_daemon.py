@@ -30,7 +30,7 @@ from common import Result, Servers, bench_main, rss_kib, scrub_proxies
 from configs import write_config
 
 from linepicker.config import load_config
-from linepicker.daemon import Daemon
+from linepicker.daemon.runner import Daemon
 from linepicker.store import Store
 
 LINES = 20

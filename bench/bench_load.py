@@ -2,7 +2,7 @@
 
 Side by side in one run, against the same delay servers (own processes), interleaved
 and repeated (medians over the repeats):
-  * linepicker.probe.probe_round, as `pick` runs it, at several `probe.concurrency` caps,
+  * linepicker.probe.round.probe_round, as `pick` runs it, at several `probe.concurrency` caps,
     the default among them;
   * a bare aiohttp loop (fresh connection per request, cap 100, request sent -> headers
     timed by aiohttp's own trace hook): the reference for what this machine can do.
@@ -24,7 +24,8 @@ import aiohttp
 from common import Result, Servers, bench_main, fmt, median, merged_lateness, print_table, quantile
 
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import LEASE_S, OK, probe_round
+from linepicker.probe.outcomes import OK
+from linepicker.probe.round import LEASE_S, probe_round
 
 DELAY_MS = 50
 CAPS = [25, 50, 100, 200, 500]

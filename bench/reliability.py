@@ -60,7 +60,7 @@ PROBE_CHILD = r"""
 import asyncio, json, sys, time
 import aiohttp  # probe imports it on first use; its import belongs to the baseline, not to the probe
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import probe_round
+from linepicker.probe.round import probe_round
 def kib(field):
     with open("/proc/self/status") as status:
         return int(next(line.split()[1] for line in status if line.startswith(field + ":")))
@@ -236,7 +236,7 @@ def database_table(server: ServerThread, work: Path) -> list[str]:
 
 
 def kill_table(work: Path, kills: int = 200) -> list[str]:
-    from linepicker.shellenv import client_env
+    from linepicker.clientenv import client_env
     from linepicker.targets import render_dotenv, update_claude_settings, update_dotenv
 
     work.mkdir()

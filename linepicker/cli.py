@@ -1,4 +1,4 @@
-"""The command line: parse, call the core, hand the result to `output`.
+"""The command line: parse, call the core, hand the result to report.terminal.
 
 Commands import the core inside their bodies: `linepicker env` runs in every
 new shell and must not pay for aiohttp, rich or YAML that it never uses.
@@ -13,8 +13,11 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .errors import ConfigError, LinepickerError
-from .shellenv import EXIT_NO_ELIGIBLE, NO_CHOICE, SHELLS
+from .clientenv import SHELLS
+from .config import DEFAULT_LISTEN
+from .daemon import LOG_LEVELS
+from .errors import ExitStatus, LinepickerError
+from .lastchoice import NO_CHOICE
 
 
 def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,7 +32,7 @@ def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("linepicker: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(ExitStatus.INTERRUPTED)
 
     return wrapper
 
@@ -58,11 +61,11 @@ def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config_path: str | None) -> Any:
     """Load the config and say on stderr which file it was, as the lookup order can surprise."""
-    from . import output
     from .config import load_config
+    from .report import terminal
 
     config = load_config(config_path)
-    output.config_note(config)
+    terminal.config_note(config)
     return config
 
 
@@ -98,20 +101,21 @@ def cli() -> None:
 def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choose: bool) -> Any:
     import asyncio
 
-    from . import output, picker
+    from . import picker
+    from .report import documents, terminal
 
     config = _load(config_path)
     if missing := config.missing_key():
-        output.warn(missing)
+        terminal.warn(missing)
     with _open_store(db_path) as store:
         show_progress = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
         total = len(config.active_lines) * config.probe.samples
-        with output.progress(total, show_progress) as on_sample:
+        with terminal.progress(total, show_progress) as on_sample:
             result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose_line=choose, on_sample=on_sample))
     if as_json:
-        output.print_json(output.round_json(result, config, with_samples=not choose))
+        terminal.print_json(documents.round_json(result, config, with_samples=not choose))
     else:
-        output.render_round(result, config)
+        terminal.render_round(result, config)
     return result
 
 
@@ -132,9 +136,9 @@ def pick(config_path: str | None, db_path: str | None, as_json: bool) -> None:
     """
     result = _run_round(config_path, db_path, as_json, choose=True)
     if result.target_errors:
-        sys.exit(1)
+        sys.exit(ExitStatus.FAILURE)
     if result.no_eligible:
-        sys.exit(EXIT_NO_ELIGIBLE)
+        sys.exit(ExitStatus.NO_ELIGIBLE)
 
 
 @cli.command()
@@ -164,15 +168,16 @@ def status(config_path: str | None, db_path: str | None, as_json: bool) -> None:
     Example:
         linepicker status --json | jq '.lines[] | {name, success_rate, p50_ms}'
     """
-    from . import output, picker
+    from . import picker
+    from .report import documents, terminal
 
     config = _load(config_path)
     with _open_store(db_path) as store:
         report = picker.status(config, store)
     if as_json:
-        output.print_json(output.status_json(report, config))
+        terminal.print_json(documents.status_json(report, config))
     else:
-        output.render_status(report)
+        terminal.render_status(report)
 
 
 @cli.command()
@@ -191,13 +196,13 @@ def env(shell: str | None, db_path: str | None, as_json: bool) -> None:
     """
     import json
 
+    from .clientenv import client_env, detect_shell, shell_exports
     from .store import read_choice, resolve_db_path
-    from .shellenv import client_env, detect_shell, shell_exports
 
     choice = read_choice(resolve_db_path(db_path))
     if choice is None:
         click.echo(NO_CHOICE, err=True)
-        sys.exit(EXIT_NO_ELIGIBLE)
+        sys.exit(ExitStatus.NO_ELIGIBLE)
     if as_json:
         click.echo(json.dumps({"name": choice.name, "url": choice.url, "env": client_env(choice.url)}, indent=2))
     else:
@@ -217,21 +222,20 @@ def pin(name: str, config_path: str | None, db_path: str | None, as_json: bool) 
     Example:
         linepicker pin backup
     """
-    from . import output, picker
+    from . import picker
+    from .report import terminal
 
     config = _load(config_path)
-    if config.line(name) is None:
-        raise ConfigError(f"no line named {name!r} in {config.source} (lines: {', '.join(l.name for l in config.lines)})")
     with _open_store(db_path) as store:
         choice, results, errors = picker.pin(config, store, name)
     if as_json:
-        output.print_json({"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors})
+        terminal.print_json({"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors})
     else:
-        output.stdout.print(f"pinned to {name} ({choice.url}); run 'linepicker unpin' to let the policy choose again")
+        terminal.stdout.print(f"pinned to {name} ({choice.url}); run 'linepicker unpin' to let the policy choose again")
     for message in errors:
-        output.error(message)
+        terminal.error(message)
     if errors:
-        sys.exit(1)
+        sys.exit(ExitStatus.FAILURE)
 
 
 @cli.command()
@@ -255,11 +259,11 @@ def unpin(db_path: str | None) -> None:
 @_db_option
 @click.option(
     "--listen",
-    default="127.0.0.1:9137",
+    default=DEFAULT_LISTEN,
     show_default=True,
     help="Where to serve the status page, /api/status, /metrics and /healthz; 'off' serves nothing.",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @_fails_cleanly
 def daemon(config_path: str | None, db_path: str | None, listen: str, log_level: str) -> None:
     """Keep probing in the background and keep the choice and the targets fresh.
@@ -272,8 +276,8 @@ def daemon(config_path: str | None, db_path: str | None, listen: str, log_level:
         linepicker daemon --listen 127.0.0.1:9137 &
         curl -s 127.0.0.1:9137/api/status | jq .chosen
     """
-    from .daemon import Options, run
-    from .web import parse_listen
+    from .config import parse_listen
+    from .daemon.runner import Options, run
 
     run(Options(config_path, db_path, None if listen == "off" else parse_listen(listen), log_level))
 
@@ -291,7 +295,7 @@ def service() -> None:
 @service.command("install")
 @_config_option
 @_db_option
-@click.option("--listen", default="127.0.0.1:9137", show_default=True, help="Passed to the daemon.")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="Passed to the daemon.")
 @_json_option
 @_fails_cleanly
 def service_install(config_path: str | None, db_path: str | None, listen: str, as_json: bool) -> None:
@@ -301,14 +305,14 @@ def service_install(config_path: str | None, db_path: str | None, listen: str, a
     Example:
         linepicker service install --config ~/relay/lines.yaml
     """
-    from . import output
+    from .config import parse_listen
+    from .report import terminal
     from .service import install
-    from .web import parse_listen
 
     parse_listen(listen)
     config = _load(config_path)
     unit = install(config.source, _db_path(db_path), listen)
-    output.service_installed(unit, as_json)
+    terminal.service_installed(unit, as_json)
 
 
 @service.command("uninstall")
@@ -321,10 +325,10 @@ def service_uninstall(as_json: bool) -> None:
     Example:
         systemctl --user disable --now linepicker && linepicker service uninstall
     """
-    from . import output
+    from .report import terminal
     from .service import uninstall
 
-    output.service_removed(uninstall(), as_json)
+    terminal.service_removed(uninstall(), as_json)
 
 
 def _db_path(db_path: str | None) -> Any:
@@ -350,15 +354,15 @@ def doctor(config_path: str | None, db_path: str | None, as_json: bool) -> None:
         linepicker doctor
         linepicker doctor --json | jq '.findings[] | select(.severity == "error")'
     """
-    from . import output
+    from .report import terminal
     from .doctor import diagnose
 
     config = _load(config_path)
     with _open_store(db_path) as store:
         diagnosis = diagnose(config, store)
-    output.doctor_report(diagnosis, as_json)
+    terminal.doctor_report(diagnosis, as_json)
     if diagnosis.findings:
-        sys.exit(1)
+        sys.exit(ExitStatus.FAILURE)
 
 
 @cli.command()
@@ -372,11 +376,11 @@ def init(config_path: str | None, as_json: bool) -> None:
     Example:
         linepicker init && linepicker add hk https://hk.example-relay.com
     """
-    from . import output
+    from .report import terminal
     from .configedit import init as write_starter
 
     path, in_force = write_starter(config_path)
-    output.config_written(path, in_force, as_json)
+    terminal.config_written(path, in_force, as_json)
 
 
 @cli.command()
@@ -393,10 +397,10 @@ def add(name: str, url: str, proxy: str | None, config_path: str | None, as_json
     Example:
         linepicker add hk https://hk.example-relay.com --proxy http://127.0.0.1:7890
     """
-    from . import output
+    from .report import terminal
     from .configedit import add_line, editable_path
 
-    output.config_edited(add_line(editable_path(config_path), name, url, proxy), "added", as_json)
+    terminal.config_edited(add_line(editable_path(config_path), name, url, proxy), "added", as_json)
 
 
 @cli.command()
@@ -411,10 +415,10 @@ def remove(name: str, config_path: str | None, as_json: bool) -> None:
     Example:
         linepicker remove hk
     """
-    from . import output
+    from .report import terminal
     from .configedit import editable_path, remove_line
 
-    output.config_edited(remove_line(editable_path(config_path), name), "removed", as_json)
+    terminal.config_edited(remove_line(editable_path(config_path), name), "removed", as_json)
 
 
 def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -444,17 +448,17 @@ def history(span_s: float, names: tuple[str, ...], buckets: int | None, config_p
     Example:
         linepicker history --since 7d --line main
     """
-    from . import output
-    from .history import history as load_history
+    from .report import documents, terminal
+    from .report.history import history as load_history
 
     config = _load(config_path)
-    width = buckets or max(12, min(120, output.stdout.width - 4))
+    width = buckets or max(12, min(120, terminal.stdout.width - 4))
     with _open_store(db_path) as store:
         result = load_history(config, store, span_s, names, width)
     if as_json:
-        output.print_json(output.history_json(result))
+        terminal.print_json(documents.history_json(result))
     else:
-        output.render_history(result)
+        terminal.render_history(result)
 
 
 @cli.command()
@@ -474,17 +478,17 @@ def report(html_path: str, span_s: float, config_path: str | None, db_path: str 
     import time
     from pathlib import Path
 
-    from . import output
-    from .history import history as load_history
-    from .page import render_report
-    from .targets import atomic_write
+    from .fsutil import atomic_write
+    from .report import terminal
+    from .report.history import history as load_history
+    from .report.page import render_report
 
     config = _load(config_path)
     with _open_store(db_path) as store:
         result = load_history(config, store, span_s)
     path = Path(html_path)
     atomic_write(path, render_report(result, str(config.source), time.time()).encode("utf-8"))
-    output.report_written(path, result, as_json)
+    terminal.report_written(path, result, as_json)
 
 
 def main() -> None:

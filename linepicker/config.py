@@ -7,6 +7,7 @@ unchecked value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ from . import APP_NAME
 from .errors import ConfigError
 
 CONFIG_NAME = "lines.yaml"
+DEFAULT_LISTEN = "127.0.0.1:9137"  # the daemon's status page, /metrics and /healthz
 MAX_CONFIG_BYTES = 16 * 2**20  # 10,000 lines take about 1 MiB
 
 
@@ -31,6 +33,8 @@ class Line:
     url: str
     proxy: str | None = None  # None: follow HTTPS_PROXY/NO_PROXY; "none": never use a proxy
     insecure: bool = False  # skip certificate checks for this line only; never the default
+    # Where the entry and each of its keys stand in the file ("" for the entry), for messages that point there.
+    file_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
 
 API_STYLES = ("openai", "anthropic")
@@ -127,6 +131,13 @@ class Config:
     def line(self, name: str) -> Line | None:
         return next((line for line in self.lines if line.name == name), None)
 
+    def where(self, name: str, key: str) -> str:
+        """`file:line` of a key of a line's entry (or of the entry), for pointing at it in a message."""
+        line = self.line(name)
+        positions = dict(line.file_lines) if line else {}
+        number = positions.get(key, positions.get(""))
+        return f"{self.source}:{number}" if number else str(self.source)
+
     def api_key(self) -> str | None:
         """The key is read from the environment at the last moment and kept nowhere."""
         if not self.key_env:
@@ -139,6 +150,33 @@ class Config:
             return None
         chat = ", and sending no chat (a relay refuses one without the key)" if self.probe.chat else ""
         return f"{self.key_env} is not set: probing without a key{chat}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listen:
+    """HOST:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
+    return Listen(host, int(port))
+
 
 
 def bundled_config_path() -> Path:
@@ -440,7 +478,8 @@ class _Validator:
             insecure = self.flag(keys["insecure"], "insecure") if "insecure" in keys else False
             if insecure:
                 self.warn(keys["insecure"], f"line {name!r} has insecure: true: its certificate is NOT checked")
-            lines.append(Line(name=name, url=url, proxy=proxy, insecure=insecure))
+            file_lines = (("", item.start_mark.line + 1),) + tuple((key, node.start_mark.line + 1) for key, node in keys.items())
+            lines.append(Line(name=name, url=url, proxy=proxy, insecure=insecure, file_lines=file_lines))
         return tuple(lines)
 
     def base_url(self, node: yaml.Node) -> str:

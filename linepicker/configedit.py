@@ -23,7 +23,7 @@ import yaml
 
 from .config import Config, Line, find_config, parse_config, user_config_path
 from .errors import ConfigError, LinepickerError
-from .targets import atomic_write
+from .fsutil import atomic_write
 
 STARTER = """\
 # linepicker: the lines (BaseURLs) of your relay. Written by `linepicker init`.
@@ -130,17 +130,6 @@ def remove_line(path: Path, name: str) -> Edit:
         raise LinepickerError(f"{path}: could not remove {name!r} cleanly; the file is unchanged")
     _write(path, bom, text)
     return Edit(path, name, None, tuple(notes))
-
-
-def item_line(config: Config, name: str, key: str) -> str:
-    """`file:line` of a key of a line's entry (or of the entry), for pointing at it in a message."""
-    try:
-        root = yaml.compose(config.source.read_text(encoding="utf-8-sig"))
-        item = _line_items(root)[name]
-    except (OSError, ValueError, KeyError, yaml.YAMLError):
-        return str(config.source)
-    node = next((value for key_node, value in item.value if key_node.value == key), item)
-    return f"{config.source}:{node.start_mark.line + 1}"
 
 
 def _read(path: Path) -> tuple[str, bool, Config]:

@@ -21,10 +21,10 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .config import Config, Line
-from .configedit import item_line
-from .probe import proxy_for
+from .clientenv import client_env
+from .probe.outcomes import AUTH
+from .probe.timing import proxy_for
 from .store import Decision, Store
-from .shellenv import client_env
 
 ERROR = "error"  # a client does not use the chosen line now
 WARNING = "warning"  # it will not follow the next switch, or may not reach the line the way it was measured
@@ -264,10 +264,10 @@ def _codex(config: Config, environ: Mapping[str, str], checked: list[str]) -> li
 
 def _key(config: Config, store: Store, choice: Decision) -> list[Finding]:
     samples = store.latest_round_samples(choice.name, choice.url)
-    rejected = [s for s in samples if s["outcome"] == "auth" and s["key_sent"]]
+    rejected = [s for s in samples if s.outcome == AUTH and s.key_sent]
     if not rejected:
         return []
-    status = rejected[-1]["status"]
+    status = rejected[-1].status
     return [
         Finding(
             ERROR,
@@ -283,7 +283,7 @@ def _proxies(config: Config, line: Line) -> list[Finding]:
     findings = []
     probed = proxy_for(line, line.url)
     client = proxy_for(Line(line.name, line.url), line.url)  # the environment alone, as the SDKs read it
-    where = item_line(config, line.name, "proxy")
+    where = config.where(line.name, "proxy")
     if line.proxy and line.proxy != "none" and client != line.proxy:
         how = f"through {client}" if client else "direct"
         findings.append(
@@ -328,7 +328,7 @@ def _proxies(config: Config, line: Line) -> list[Finding]:
             Finding(
                 WARNING,
                 f"{line.name} is probed with insecure: true, but clients check its certificate and may refuse it",
-                item_line(config, line.name, "insecure"),
+                config.where(line.name, "insecure"),
                 "give the line a valid certificate (or trust its CA: SSL_CERT_FILE, NODE_EXTRA_CA_CERTS) and remove insecure: true",
             )
         )

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Callable
 
 from . import policy
 from .config import Config, Line
+from .errors import UnknownLine
 from .policy import LineStats, Verdict
-from .store import ChatRow, Decision, Store
+from .store import ChatRow, Decision, LastSample, Store
 
 if TYPE_CHECKING:
-    from . import probe, targets
-    from .chat import ChatSample
-    from .probe import LineRun, Sample
+    from . import targets
+    from .probe.chat import ChatSample
+    from .probe.round import LineRun, Settled
+    from .probe.sample import Sample
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,12 @@ class RoundResult:
         return self.verdict is not None and self.verdict.chosen is None
 
 
-def finished(samples: list[Sample]) -> list[tuple[bool, float | None]]:
+def finished_outcomes(samples: list[Sample]) -> list[tuple[bool, float | None]]:
+    """(success, ttfb_ms) of the samples that finished: an unfinished one counts neither way."""
     return [(bool(s.success), s.phases.ttfb_ms) for s in samples if s.success is not None]
 
 
-def round_up(samples: list[Sample]) -> bool:
+def answered_in_round(samples: list[Sample]) -> bool:
     """A line whose every finished sample this round failed is down, whatever its history says."""
     outcomes = [s.success for s in samples if s.success is not None]
     return not outcomes or any(outcomes)
@@ -82,10 +85,10 @@ class _Settled:
         now = time.perf_counter()
         stats = []
         for run in runs:
-            outcomes = self.history[run.line.name] + finished(run.samples)
+            outcomes = self.history[run.line.name] + finished_outcomes(run.samples)
             if run.done:
                 error = chat_error(run.chat) if run.chat else self.model_errors.get(run.line.name)
-                stats.append(policy.summarize(run.line.name, outcomes, round_up(run.samples), error))
+                stats.append(policy.summarize(run.line.name, outcomes, answered_in_round(run.samples), error))
                 continue
             waited = (now - run.inflight_since) * 1000 if run.inflight_since else 0.0
             outcomes += [(True, waited)] * (self.config.probe.samples - len(run.samples))
@@ -101,22 +104,26 @@ async def measure(
     store: Store,
     kind: str,
     lines: tuple[Line, ...] | None = None,
-    settled: probe.Settled | None = None,
+    settled: Settled | None = None,
     on_sample: Callable[[Sample], None] | None = None,
+    line_ids: dict[str, int] | None = None,
 ) -> tuple[int, list[LineRun]]:
-    """Probe the lines (all active ones by default) and record every sample under a new round."""
-    from . import probe  # here, not at the top: its asyncio, ssl and urllib.request cost `status` ≈ 40 ms
+    """Probe the lines (all active ones by default) and record every sample under a new round.
+
+    `line_ids` may be passed by a caller that already looked them up for these lines.
+    """
+    from .probe.round import probe_round  # here, not at the top: asyncio, ssl and aiohttp cost `status` ≈ 40 ms
 
     lines = config.active_lines if lines is None else lines
-    line_ids = store.line_ids(lines)
+    line_ids = store.line_ids(lines) if line_ids is None else line_ids
     round_id = store.start_round(kind)
     key = config.api_key()
     follow_up = None
     if config.probe.chat is not None and key:  # without the key a chat proves nothing (Config.missing_key says so)
-        from . import chat
+        from .probe import chat
 
         follow_up = chat.follow_up(config.probe, key, chat_due(config, store, line_ids))
-    runs = await probe.probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample, follow_up=follow_up)
+    runs = await probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample, follow_up=follow_up)
     for run in runs:
         store.add_samples(round_id, line_ids, run.samples)
     store.add_chats(round_id, line_ids, [run.chat for run in runs if run.chat is not None])
@@ -139,7 +146,7 @@ def chat_due(config: Config, store: Store, line_ids: dict[str, int]) -> set[str]
     }
 
 
-def latest_chats(config: Config, store: Store, line_ids: dict[str, int]) -> dict[str, ChatRow]:
+def chats_in_force(config: Config, store: Store, line_ids: dict[str, int]) -> dict[str, ChatRow]:
     """The chat probe that speaks for each line now: of the configured model, within the policy window."""
     if config.probe.chat is None:
         return {}  # chat turned off: old failures no longer count
@@ -149,7 +156,7 @@ def latest_chats(config: Config, store: Store, line_ids: dict[str, int]) -> dict
 
 def model_errors(config: Config, store: Store, line_ids: dict[str, int]) -> dict[str, str]:
     """Lines whose latest chat probe failed, with why: they are not eligible however well /v1/models answers."""
-    rows = latest_chats(config, store, line_ids)
+    rows = chats_in_force(config, store, line_ids)
     return {name: error for name, row in rows.items() if (error := chat_error(row))}
 
 
@@ -159,9 +166,13 @@ def chat_error(row: ChatRow | ChatSample | None) -> str | None:
     return f"{row.outcome}: {row.error}" if row.error else row.outcome
 
 
-def choose(config: Config, store: Store, stats: list[LineStats], round_id: int | None) -> tuple[Verdict, Decision | None]:
-    """Decide from per-line stats (in config order) and record the decision if the choice changed."""
-    previous = store.choice()
+def choose(
+    config: Config, store: Store, stats: list[LineStats], round_id: int | None, previous: Decision | None
+) -> tuple[Verdict, Decision | None]:
+    """Decide from per-line stats (in config order) and record the decision if the choice changed.
+
+    `previous` is the choice in force before the round, as the caller read it.
+    """
     verdict = policy.decide(stats, previous.name if previous else None, config.policy, store.pinned())
     chosen = _record_choice(config, store, verdict, previous, round_id)
     if round_id is not None:
@@ -190,17 +201,17 @@ async def run_round(
     line_ids = store.line_ids(config.active_lines)
     history = store.window(line_ids, time.time() - config.policy.window)
     settled = None
+    previous = store.choice()
     if choose_line:
-        previous = store.choice()
         errors = model_errors(config, store, line_ids)
         settled = _Settled(config, history, errors, previous.name if previous else None, store.pinned())
-    round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample)
+    round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample, line_ids=line_ids)
     errors = model_errors(config, store, line_ids)
     reports = [
         LineReport(
             run.line,
             run.samples,
-            policy.summarize(run.line.name, history[run.line.name] + finished(run.samples), round_up(run.samples), errors.get(run.line.name)),
+            policy.summarize(run.line.name, history[run.line.name] + finished_outcomes(run.samples), answered_in_round(run.samples), errors.get(run.line.name)),
             run.chat,
         )
         for run in runs
@@ -208,7 +219,7 @@ async def run_round(
     if not choose_line:
         store.finish_round(round_id, None, "probe only")
         return RoundResult(round_id, reports, time.perf_counter() - started)
-    verdict, chosen = choose(config, store, [r.stats for r in reports], round_id)
+    verdict, chosen = choose(config, store, [r.stats for r in reports], round_id, previous)
     results, errors = hand_out(config, verdict, chosen)
     return RoundResult(round_id, reports, time.perf_counter() - started, verdict, chosen, results, errors)
 
@@ -230,7 +241,7 @@ class LineStatus:
     line: Line
     stats: LineStats
     judgement: policy.Judgement
-    last: dict | None  # newest sample: outcome, error, at
+    last: LastSample | None  # newest sample
     chat: ChatRow | None = None  # newest chat probe in the window, when probe.chat is on
 
 
@@ -250,7 +261,7 @@ def status(config: Config, store: Store) -> Status:
     window = store.window(line_ids, time.time() - config.policy.window)
     up = store.latest_round_up(line_ids)
     last = store.last_samples(line_ids)
-    chats = latest_chats(config, store, line_ids)
+    chats = chats_in_force(config, store, line_ids)
     entries = []
     for line in lines:
         chat = chats.get(line.name)
@@ -265,7 +276,8 @@ def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[
 
     line = config.line(name)
     if line is None:
-        raise KeyError(name)
+        known = ", ".join(line.name for line in config.lines)
+        raise UnknownLine(f"no line named {name!r} in {config.source} (lines: {known})")
     store.set_pinned(name)
     previous = store.choice()
     if not previous or previous.name != line.name or previous.url != line.url:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LinepickerError
-from .targets import atomic_write
+from .fsutil import atomic_write
 
 UNIT_NAME = "linepicker.service"
 AGENT_LABEL = "io.github.linepicker.daemon"

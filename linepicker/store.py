@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
 from .errors import StoreError
-from .shellenv import BUSY_TIMEOUT_S
+from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from .chat import ChatSample
     from .config import Line
-    from .probe import Sample
+    from .probe.chat import ChatSample
+    from .probe.sample import Sample
 
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
@@ -67,6 +67,26 @@ class ChatRow:
 
 
 @dataclass(frozen=True)
+class LastSample:
+    """A line's newest sample, for 'last outcome' and 'last error'."""
+
+    outcome: str
+    error: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class RoundSample:
+    """One sample of the newest round that measured a line, as `doctor` judges the key by it."""
+
+    outcome: str
+    status: int | None
+    error: str | None
+    key_sent: bool
+    at: float
+
+
+@dataclass(frozen=True)
 class RollUp:
     samples: int  # raw samples folded into hourly rows and deleted
     hours: int  # hourly rows written or merged
@@ -86,9 +106,7 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_choice(path: Path) -> Decision | None:
-    """The last decision, read-only and with the standard library alone (see shellenv.last_choice)."""
-    from .shellenv import last_choice
-
+    """The last decision, read-only and with the standard library alone, as `env` reads it."""
     row = last_choice(str(path))
     return Decision(*row) if row else None
 
@@ -319,21 +337,12 @@ class Store:
     def add_samples(self, round_id: int, line_ids: dict[str, int], samples: Iterable["Sample"]) -> None:
         rows = [
             {
-                "round_id": round_id,
-                "line_id": line_ids[s.line],
+                **_common_columns(round_id, line_ids, s),
                 "seq": s.seq,
-                "started_at": s.started_at,
-                "outcome": s.outcome,
                 "success": None if s.success is None else int(s.success),
-                "status": s.status,
-                "error": s.error,
-                "dns_ms": s.phases.dns_ms,
-                "connect_ms": s.phases.connect_ms,
-                "tls_ms": s.phases.tls_ms,
                 "ttfb_ms": s.phases.ttfb_ms,
                 "transfer_ms": s.phases.transfer_ms,
                 "total_ms": s.phases.total_ms,
-                "key_sent": int(s.key_sent),
             }
             for s in samples
         ]
@@ -343,24 +352,15 @@ class Store:
     def add_chats(self, round_id: int, line_ids: dict[str, int], chats: Iterable["ChatSample"]) -> None:
         rows = [
             {
-                "round_id": round_id,
-                "line_id": line_ids[c.line],
-                "started_at": c.started_at,
+                **_common_columns(round_id, line_ids, c),
                 "model": c.model,
-                "outcome": c.outcome,
                 "success": int(c.success),
-                "status": c.status,
-                "error": c.error,
-                "dns_ms": c.phases.dns_ms,
-                "connect_ms": c.phases.connect_ms,
-                "tls_ms": c.phases.tls_ms,
                 "ttfb_ms": c.phases.ttfb_ms,
                 "ttft_ms": c.ttft_ms,
                 "total_ms": c.phases.total_ms,
                 "tokens": c.tokens,
                 "tokens_per_s": c.tokens_per_s,
                 "usage": int(c.usage),
-                "key_sent": int(c.key_sent),
             }
             for c in chats
         ]
@@ -394,21 +394,9 @@ class Store:
 
     def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[bool, float | None]]]:
         """Finished samples per line since a time: (success, ttfb_ms), oldest first."""
-        names = {line_id: name for name, line_id in line_ids.items()}
-        result: dict[str, list[tuple[bool, float | None]]] = {name: [] for name in line_ids}
-        if not names:
-            return result
-        marks = ",".join("?" * len(names))
-        rows = self.conn.execute(
-            f"select line_id, success, ttfb_ms from samples where line_id in ({marks}) and started_at >= ? "
-            "and success is not null order by started_at",
-            [*names, since],
-        )
-        for line_id, success, ttfb in rows:
-            result[names[line_id]].append((bool(success), ttfb))
-        return result
+        return {name: [(success, ttfb) for _, success, ttfb in rows] for name, rows in self.samples_since(line_ids, since).items()}
 
-    def last_samples(self, line_ids: dict[str, int]) -> dict[str, dict]:
+    def last_samples(self, line_ids: dict[str, int]) -> dict[str, LastSample]:
         """The newest sample of each line, for 'last outcome' and 'last error' in status."""
         result = {}
         for name, line_id in line_ids.items():
@@ -417,7 +405,7 @@ class Store:
                 [line_id],
             ).fetchone()
             if row:
-                result[name] = {"outcome": row[0], "error": row[1], "at": row[2]}
+                result[name] = LastSample(*row)
         return result
 
     def latest_round_up(self, line_ids: dict[str, int]) -> dict[str, bool]:
@@ -439,9 +427,7 @@ class Store:
         return {name: up for name, (_, up) in result.items()}
 
     def choice(self) -> Decision | None:
-        row = self.conn.execute(
-            "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
-        ).fetchone()
+        row = self.conn.execute(CHOICE_QUERY).fetchone()
         return Decision(*row) if row else None
 
     def record_decision(self, name: str, url: str, previous: str | None, reason: str, round_id: int | None) -> None:
@@ -556,7 +542,7 @@ class Store:
         """Delete hourly rows older than `before`: the end of the record, so the file stays bounded."""
         return self._write(lambda: self.db.execute("delete from hourly where hour < ?", [before]).rowcount)  # type: ignore[return-value]
 
-    def latest_round_samples(self, name: str, url: str) -> list[dict]:
+    def latest_round_samples(self, name: str, url: str) -> list[RoundSample]:
         """The samples of the newest round that measured this line, as `doctor` judges the line by how it answers now."""
         rows = self.conn.execute(
             "select s.round_id, s.outcome, s.status, s.error, s.key_sent, s.started_at from samples s "
@@ -564,8 +550,23 @@ class Store:
             [name, url],
         ).fetchall()
         latest = rows[0][0] if rows else None
-        keys = ("outcome", "status", "error", "key_sent", "at")
-        return [dict(zip(keys, row[1:])) for row in rows if row[0] == latest]
+        return [RoundSample(outcome, status, error, bool(key_sent), at) for round_id, outcome, status, error, key_sent, at in rows if round_id == latest]
+
+
+def _common_columns(round_id: int, line_ids: dict[str, int], sample: "Sample | ChatSample") -> dict:
+    """The columns a models sample and a chat probe share: where, when, how it ended, the connection's phases."""
+    return {
+        "round_id": round_id,
+        "line_id": line_ids[sample.line],
+        "started_at": sample.started_at,
+        "outcome": sample.outcome,
+        "status": sample.status,
+        "error": sample.error,
+        "dns_ms": sample.phases.dns_ms,
+        "connect_ms": sample.phases.connect_ms,
+        "tls_ms": sample.phases.tls_ms,
+        "key_sent": int(sample.key_sent),
+    }
 
 
 def _explain(exc: sqlite3.DatabaseError) -> str:

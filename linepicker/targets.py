@@ -1,35 +1,27 @@
-"""Hand the chosen line to the user's tools: shell exports, .env files, Claude Code's settings,
+"""Hand the chosen line to the files users' tools read: .env files, Claude Code's settings,
 Codex's config.toml and files rendered from a template.
 
-The files written here belong to the user. Every write is atomic (temp file,
-fsync, rename), keeps every key we do not own and the file's mode, and a file
-we cannot parse is left exactly as it was. Standard library only at import
-time (tomlkit is imported by the Codex writer alone), because `linepicker env`
-runs in every new shell.
+The files written here belong to the user. Every write is atomic
+(fsutil.atomic_write), keeps every key we do not own and the file's mode, and
+a file we cannot parse is left exactly as it was. tomlkit is imported by the
+Codex writer alone, so a run without a Codex target never pays for it.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
 import json
-import os
 import re
-import stat
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import TargetError
-from .shellenv import client_env
+from .clientenv import client_env
+from .fsutil import atomic_write
 
 if TYPE_CHECKING:
     from .config import CodexTarget, Targets, TemplateTarget
-
-NEW_FILE_MODE = 0o600
-
 
 @dataclass(frozen=True)
 class TargetResult:
@@ -199,82 +191,3 @@ def _write_if_changed(kind: str, path: Path, original: str | None, updated: str)
         return TargetResult(kind, path, False)
     atomic_write(path, updated.encode("utf-8"))
     return TargetResult(kind, path, True)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace a file so that a crash at any moment leaves either the old or the new content.
-
-    Writes through a symlink to its target, so dotfile managers keep their links.
-    """
-    real = Path(os.path.realpath(path))
-    try:
-        info = real.stat()
-        mode = stat.S_IMODE(info.st_mode)
-    except FileNotFoundError:
-        info = None
-        mode = NEW_FILE_MODE
-    except OSError as exc:  # a parent that is a file, a symlink loop: this target fails, the others go on
-        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    try:
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    except OSError as exc:
-        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    _remove_stale_temp_files(real)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            if info is not None and hasattr(os, "fchown"):
-                try:
-                    os.fchown(handle.fileno(), info.st_uid, info.st_gid)
-                except PermissionError:
-                    pass
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, real)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise TargetError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(real.parent)
-
-
-STALE_TEMP_S = 60.0  # a live writer keeps its temp file for milliseconds
-
-
-def _remove_stale_temp_files(real: Path) -> None:
-    """A writer killed mid-write leaves its temp file behind; the next write of that file clears it.
-
-    Only temp files older than a minute go, so a concurrent writer's file is never pulled from under it.
-    """
-    cutoff = time.time() - STALE_TEMP_S
-    for leftover in real.parent.glob(f".{glob.escape(real.name)}.*.tmp"):
-        try:
-            if leftover.lstat().st_mtime < cutoff:
-                leftover.unlink()
-        except OSError:
-            pass
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; not every platform can open a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

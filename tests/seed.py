@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from linepicker.config import load_config
-from linepicker.probe import Phases, Sample
+from linepicker.probe.phases import Phases
+from linepicker.probe.sample import Sample
 from linepicker.store import Store
 
 

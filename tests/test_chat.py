@@ -20,13 +20,16 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from linepicker.chat import ChatSample, Event, EventStream, chat_once
+from linepicker.probe.chat import ChatSample, Event, EventStream, chat_once
 from linepicker.config import ChatSettings, Line, ProbeSettings, load_config
-from linepicker.live import LiveState
-from linepicker.metrics import registry
-from linepicker.probe import Phases, Sample, make_ssl_context, probe_round
+from linepicker.daemon.live import LiveState
+from linepicker.daemon.metrics import registry
+from linepicker.probe.phases import Phases
+from linepicker.probe.round import probe_round
+from linepicker.probe.sample import Sample
+from linepicker.probe.timing import make_ssl_context
 from linepicker.store import Store
-from linepicker.web import render_page
+from linepicker.daemon.web import render_page
 from servers import ServerThread, head, refused_url, start_raw_server
 
 KEY = "sk-test-chat-0123456789abcdef"

@@ -18,10 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from linepicker.config import load_config
-from linepicker.daemon import Daemon, retain
-from linepicker.probe import Phases, Sample
+from linepicker.daemon.runner import Daemon, retain
+from linepicker.probe.phases import Phases
+from linepicker.probe.sample import Sample
 from linepicker.store import Store
-from linepicker.web import Listen
+from linepicker.config import Listen
 from seed import seed_history
 from servers import Relay
 

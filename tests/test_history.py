@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from linepicker.config import load_config
-from linepicker.daemon import retain
+from linepicker.daemon.runner import retain
 from linepicker.store import Store
 from seed import seed_history
 

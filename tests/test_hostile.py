@@ -22,7 +22,8 @@ import pytest
 import trustme
 
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import Sample, probe_round
+from linepicker.probe.round import probe_round
+from linepicker.probe.sample import Sample
 from servers import (
     MODELS_BODY,
     ServerThread,
@@ -322,7 +323,7 @@ def test_a_thousand_lines_a_third_dead_finish_within_one_timeout(server: ServerT
 FD_CHILD = r"""
 import asyncio, collections, json, resource, sys
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import probe_round
+from linepicker.probe.round import probe_round
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 lines = [Line(f"l{i}", f"{sys.argv[1]}/l{i}") for i in range(300)]
 runs = asyncio.run(probe_round(lines, ProbeSettings(timeout=10, samples=1), None))

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from linepicker.config import Line, ProbeSettings
-from linepicker.probe import probe_round
+from linepicker.probe.round import probe_round
 from servers import (
     Relay,
     ServerThread,

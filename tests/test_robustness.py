@@ -28,8 +28,9 @@ import yaml
 
 import linepicker.store
 from linepicker.config import Line
-from linepicker.probe import Phases, Sample
-from linepicker.shellenv import client_env
+from linepicker.probe.phases import Phases
+from linepicker.probe.sample import Sample
+from linepicker.clientenv import client_env
 from linepicker.store import Store
 from linepicker.targets import render_dotenv, update_claude_settings, update_dotenv
 from children import KILLED_WRITER

@@ -18,8 +18,9 @@ import pytest
 
 from linepicker.config import Targets
 from linepicker.errors import TargetError
-from linepicker.shellenv import SHELLS, client_env, detect_shell, shell_exports
-from linepicker.targets import atomic_write, render_dotenv, update_claude_settings, update_dotenv, write_targets
+from linepicker.clientenv import SHELLS, client_env, detect_shell, shell_exports
+from linepicker.fsutil import atomic_write
+from linepicker.targets import render_dotenv, update_claude_settings, update_dotenv, write_targets
 
 URL = "https://new.example"
 OLD = "https://old.example"
@@ -420,7 +421,8 @@ def test_no_targets_means_nothing_written(tmp_path: Path) -> None:
 CHILD = r"""
 import json, sys
 from pathlib import Path
-from linepicker.targets import atomic_write, update_dotenv
+from linepicker.fsutil import atomic_write
+from linepicker.targets import update_dotenv
 
 env, big, url_a, url_b = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 payloads = [json.dumps({"gen": n, "pad": str(n) * 300_000}).encode() for n in (0, 1)]

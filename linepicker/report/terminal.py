@@ -1,12 +1,12 @@
-"""Everything linepicker prints goes through here: rich tables for people, JSON for scripts.
+"""What the CLI prints: rich tables for people, the JSON documents for scripts.
 
-Results go to stdout; notes, warnings, errors and progress go to stderr, so
+Only the CLI imports this module (rich costs start-up time, and the daemon
+logs instead of printing). Results go to stdout; notes, warnings, errors and progress go to stderr, so
 `linepicker pick --json | jq` and `eval "$(linepicker env)"` stay clean.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -15,18 +15,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from .config import Config, Line
-from .picker import LineReport, RoundResult, Status
-from .policy import Judgement, LineStats, percentile, judge
-from .store import Decision
+from ..config import Config, Line
+from ..picker import RoundResult, Status
+from ..probe.phases import median_phases
+from .documents import iso_time, judgement_of, last_error
 
 if TYPE_CHECKING:
-    from .probe import Phases, Sample
+    from ..probe.sample import Sample
 
 stdout = Console(highlight=False, soft_wrap=True, emoji=False)  # a relay's error text is shown as sent: ":x:" stays ":x:"
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-
-PHASES = ("dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "transfer_ms", "total_ms")
 
 
 def print_json(data: Any) -> None:
@@ -82,70 +80,9 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def round_phases(samples: list[Sample]) -> Phases:
-    """Median of each phase over this round's samples that reached it."""
-    from .probe import Phases  # here, not at the top: importing probe costs `status` ≈ 40 ms (asyncio, ssl)
-
-    values = {}
-    for name in PHASES:
-        reached = [getattr(s.phases, name) for s in samples if getattr(s.phases, name) is not None]
-        values[name] = round(percentile(reached, 0.5), 3) if reached else None
-    return Phases(**values)
-
-
 def _outcomes(samples: list[Sample]) -> str:
     counts = Counter(s.outcome for s in samples)
     return ", ".join(f"{outcome} ×{n}" if n > 1 else outcome for outcome, n in counts.items())
-
-
-def _last_error(samples: list[Sample]) -> str | None:
-    return next((s.error for s in reversed(samples) if s.error), None)
-
-
-def _sample_json(sample: Sample) -> dict[str, Any]:
-    return {
-        "seq": sample.seq,
-        "started_at": when(sample.started_at),
-        "outcome": sample.outcome,
-        "success": sample.success,
-        "status": sample.status,
-        "error": sample.error,
-        "phases": vars(sample.phases),
-    }
-
-
-def _stats_json(stats: LineStats, judgement: Judgement) -> dict[str, Any]:
-    return {
-        "healthy": judgement.eligible,
-        "p50_ms": None if stats.p50_ms is None else round(stats.p50_ms, 3),
-        "p95_ms": None if stats.p95_ms is None else round(stats.p95_ms, 3),
-        "success_rate": stats.success_rate,
-        "samples_in_window": stats.samples,
-        "score": None if judgement.score is None else round(judgement.score, 3),
-        "why_not": judgement.why_not,
-    }
-
-
-def _chat_json(chat: Any) -> dict[str, Any] | None:
-    """A chat probe, this round's (ChatSample) or the latest recorded (ChatRow): both carry these fields."""
-    if chat is None:
-        return None
-    return {
-        "model": chat.model,
-        "outcome": chat.outcome,
-        "success": chat.success,
-        "ttft_ms": chat.ttft_ms,
-        "tokens": chat.tokens,
-        "tokens_per_s": chat.tokens_per_s,
-        "error": chat.error,
-        "at": when(chat.started_at),
-    }
 
 
 def _chat_cells(chat: Any) -> tuple[str, str]:
@@ -154,50 +91,6 @@ def _chat_cells(chat: Any) -> tuple[str, str]:
     if not chat.success:
         return "[red]✗[/]", "-"
     return _ms(chat.ttft_ms), "-" if chat.tokens_per_s is None else f"{chat.tokens_per_s:.0f}"
-
-
-def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
-    if decision is None:
-        return None
-    return {
-        "name": decision.name,
-        "url": decision.url,
-        "previous": decision.previous,
-        "reason": decision.reason,
-        "decided_at": when(decision.decided_at),
-    }
-
-
-def _judgement(result: RoundResult, report: LineReport, config: Config) -> Judgement:
-    if result.verdict is not None:
-        return result.verdict.judgements[report.line.name]
-    return judge(report.stats, config.policy)
-
-
-def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[str, Any]:
-    lines = []
-    for report in result.lines:
-        entry = {"name": report.line.name, "url": report.line.url, "insecure": report.line.insecure}
-        entry.update(_stats_json(report.stats, _judgement(result, report, config)))
-        entry["error"] = _last_error(report.samples)
-        entry["outcomes"] = [s.outcome for s in report.samples]
-        entry["phases"] = vars(round_phases(report.samples))
-        if config.probe.chat is not None:
-            entry["chat"] = _chat_json(report.chat)
-        if with_samples:
-            entry["samples"] = [_sample_json(s) for s in report.samples]
-        lines.append(entry)
-    data: dict[str, Any] = {"config": str(config.source), "round_id": result.round_id, "elapsed_s": round(result.elapsed_s, 3)}
-    if result.verdict is not None:
-        chosen = result.chosen if result.verdict.chosen else None
-        data["chosen"] = {"name": chosen.name, "url": chosen.url} if chosen else None
-        data["changed"] = result.verdict.changed
-        data["reason"] = result.verdict.reason
-        data["kept"] = _decision_json(result.chosen) if result.no_eligible else None
-        data["targets"] = [{"kind": t.kind, "path": str(t.path), "changed": t.changed} for t in result.target_results]
-        data["target_errors"] = result.target_errors
-    data["lines"] = lines
-    return data
 
 
 def _table(title: str, headers: tuple[str, ...]) -> Table:
@@ -228,8 +121,8 @@ def render_round(result: RoundResult, config: Config) -> None:
     table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", headers)
     notes = []
     for report in result.lines:
-        judgement = _judgement(result, report, config)
-        phases = round_phases(report.samples)
+        judgement = judgement_of(result, report, config)
+        phases = median_phases(report.samples)
         table.add_row(
             "▶" if report.line.name == chosen else "",
             escape(report.line.name) + (" [bold red](insecure)[/]" if report.line.insecure else ""),
@@ -244,7 +137,7 @@ def render_round(result: RoundResult, config: Config) -> None:
             *(_chat_cells(report.chat) if chat else ()),
             style="bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim"),
         )
-        notes.append((report.line.name, _last_error(report.samples) or judgement.why_not))
+        notes.append((report.line.name, last_error(report.samples) or judgement.why_not))
     stdout.print(table)
     _notes(notes)
     _insecure_notes(report.line for report in result.lines)
@@ -265,28 +158,6 @@ def render_round(result: RoundResult, config: Config) -> None:
         error(message)
 
 
-def status_json(status: Status, config: Config) -> dict[str, Any]:
-    lines = []
-    for entry in status.lines:
-        item = {"name": entry.line.name, "url": entry.line.url, "insecure": entry.line.insecure}
-        item.update(_stats_json(entry.stats, entry.judgement))
-        item["last_outcome"] = entry.last["outcome"] if entry.last else None
-        item["error"] = entry.last["error"] if entry.last else None
-        item["last_probed_at"] = when(entry.last["at"]) if entry.last else None
-        if config.probe.chat is not None:
-            item["chat"] = _chat_json(entry.chat)
-        lines.append(item)
-    return {
-        "config": str(config.source),
-        "window_s": status.window_s,
-        "chosen": {"name": status.choice.name, "url": status.choice.url} if status.choice else None,
-        "choice": _decision_json(status.choice),
-        "pinned": status.pinned,
-        "decisions": [_decision_json(d) for d in status.decisions],
-        "lines": lines,
-    }
-
-
 def render_status(status: Status) -> None:
     chosen = status.choice.name if status.choice else None
     chat = any(entry.chat for entry in status.lines)
@@ -294,7 +165,6 @@ def render_status(status: Status) -> None:
     table = _table(f"last {status.window_s / 60:g} min", headers)
     notes = []
     for entry in status.lines:
-        last = entry.last or {}
         table.add_row(
             "▶" if entry.line.name == chosen else "",
             escape(entry.line.name) + (" [bold red](insecure)[/]" if entry.line.insecure else ""),
@@ -303,17 +173,17 @@ def render_status(status: Status) -> None:
             _ms(entry.stats.p50_ms),
             _ms(entry.stats.p95_ms),
             _ms(entry.judgement.score),
-            escape(str(last.get("outcome", "never probed"))),
+            escape(entry.last.outcome if entry.last else "never probed"),
             *(_chat_cells(entry.chat) if chat else ()),
             style="bold green" if entry.line.name == chosen else ("" if entry.judgement.eligible else "dim"),
         )
-        notes.append((entry.line.name, last.get("error") or entry.judgement.why_not))
+        notes.append((entry.line.name, (entry.last and entry.last.error) or entry.judgement.why_not))
     stdout.print(table)
     _notes(notes)
     _insecure_notes(entry.line for entry in status.lines)
     if status.choice:
         stdout.print(
-            f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {when(status.choice.decided_at)}: {escape(status.choice.reason)}"
+            f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {iso_time(status.choice.decided_at)}: {escape(status.choice.reason)}"
         )
     else:
         stdout.print("No line chosen yet: run [bold]linepicker pick[/].")
@@ -383,38 +253,12 @@ def config_edited(edit: Any, action: str, as_json: bool) -> None:
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _bucket_json(bucket: Any) -> dict[str, Any]:
-    ok = bucket.samples > bucket.failures
-    return {
-        "start": when(bucket.start),
-        "samples": bucket.samples,
-        "failures": bucket.failures,
-        "p50_ms": round(bucket.p50, 3) if ok else None,
-        "p10_ms": round(bucket.p10, 3) if ok and not bucket.rolled_up else None,
-        "p90_ms": round(bucket.p90, 3) if ok and not bucket.rolled_up else None,
-        "rolled_up": bucket.rolled_up,
-    }
-
-
-def history_json(history: Any) -> dict[str, Any]:
-    return {
-        "since": when(history.since),
-        "until": when(history.until),
-        "bucket_s": round(history.bucket_s, 3),
-        "lines": [
-            {"name": entry.line.name, "url": entry.line.url, "buckets": [_bucket_json(b) for b in entry.series.buckets]}
-            for entry in history.lines
-        ],
-        "decisions": [_decision_json(d) for d in history.decisions],
-    }
-
-
 def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
     """Median latency from 0 to `high` (one scale for every line, so they compare at a glance),
     coloured by failure share; and the failure share itself."""
     from rich.text import Text
 
-    from .chart import loss_colour
+    from .svg import loss_colour
 
     latency, failures = Text(), Text()
     for bucket in buckets:
@@ -433,7 +277,7 @@ def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
 
 
 def render_history(history: Any) -> None:
-    from .history import span_text
+    from .series import span_text
 
     span = history.until - history.since
     high = max((b.p50 for e in history.lines for b in e.series.buckets if b.samples > b.failures), default=0.0)
@@ -458,14 +302,14 @@ def render_history(history: Any) -> None:
         return
     table = _table(f"{len(history.decisions)} decisions", ("when", "change", "why"))
     for decision in history.decisions:
-        table.add_row(when(decision.decided_at), f"{escape(decision.previous or '–')} → {escape(decision.name)}", escape(decision.reason))
+        table.add_row(iso_time(decision.decided_at), f"{escape(decision.previous or '–')} → {escape(decision.name)}", escape(decision.reason))
     stdout.print(table)
 
 
 def report_written(path: Any, history: Any, as_json: bool) -> None:
-    from .history import span_text
+    from .series import span_text
 
     if as_json:
-        print_json({"path": str(path), "since": when(history.since), "until": when(history.until), "lines": [e.line.name for e in history.lines]})
+        print_json({"path": str(path), "since": iso_time(history.since), "until": iso_time(history.until), "lines": [e.line.name for e in history.lines]})
     else:
         stdout.print(f"wrote {escape(str(path))}: {len(history.lines)} lines, {len(history.decisions)} decisions, last {span_text(history.until - history.since)}")

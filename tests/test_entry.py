@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from linepicker import shellenv
+from linepicker import clientenv, entry
 from linepicker.cli import cli
 from linepicker.store import Store
 
@@ -19,7 +19,7 @@ def console_script(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pyt
     monkeypatch.setattr(sys, "argv", ["linepicker", *argv])
     monkeypatch.setattr(sys.modules["__main__"], "__package__", None, raising=False)  # click names the program from argv[0]
     with pytest.raises(SystemExit) as exit_:
-        shellenv.main()
+        entry.main()
     out = capsys.readouterr()
     return exit_.value.code or 0, out.out, out.err
 
@@ -35,7 +35,7 @@ def chosen(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("shell", [*shellenv.SHELLS, None])
+@pytest.mark.parametrize("shell", [*clientenv.SHELLS, None])
 def test_exports_match_the_click_cli(shell: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["env", "--db", str(chosen(tmp_path / "lp.db"))] + (["--shell", shell] if shell else [])
     monkeypatch.setenv("SHELL", "/usr/bin/fish")
@@ -76,7 +76,7 @@ def test_the_fast_path_never_names_another_default_database(xdg: str | None, hom
         monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     else:
         monkeypatch.setenv("XDG_DATA_HOME", xdg)
-    quick = shellenv._quick_db_path(None)
+    quick = entry._quick_db_path(None)
     try:
         expected = str(default_db_path())
     except RuntimeError:  # platformdirs finds no home at all; the fast path must not have invented one

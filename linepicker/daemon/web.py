@@ -8,47 +8,19 @@ is nobody else's business.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
-from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import chart, output, page
-from .errors import ConfigError
+from ..config import Listen
+from ..errors import ConfigError
+from ..report import documents, page, series, svg
 from .live import LiveState
 
 log = logging.getLogger("linepicker")
 
-DEFAULT_LISTEN = "127.0.0.1:9137"
 PAGE_REFRESH_S = 30
-
-
-@dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
-
-    @property
-    def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def parse_listen(text: str) -> Listen:
-    """HOST:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
-    return Listen(host, int(port))
 
 
 async def start(live: LiveState, listen: Listen) -> web.AppRunner:
@@ -112,14 +84,14 @@ def staleness(live: LiveState, now: float) -> str | None:
 def status_json(live: LiveState) -> dict:
     """`linepicker status --json`, plus what only a running daemon knows: rise/fall state and the last round."""
     report = live.status()
-    data = output.status_json(report, live.config)
-    for entry, view in zip(data["lines"], live.views(report)):
-        entry["state"] = view.state
-        entry["up"] = view.health.up
-        entry["phases"] = vars(view.phases) if view.phases else None
+    extras = {
+        view.status.line.name: {"state": view.state, "up": view.health.up, "phases": vars(view.phases) if view.phases else None}
+        for view in live.views(report)
+    }
+    data = documents.status_json(report, live.config, extras)
     data["daemon"] = {
-        "started_at": output.when(live.started_at),
-        "last_round_at": output.when(live.last_round_at),
+        "started_at": documents.iso_time(live.started_at),
+        "last_round_at": documents.iso_time(live.last_round_at),
         "rounds": dict(live.rounds),
         "switches": live.switches,
     }
@@ -130,8 +102,8 @@ def render_page(live: LiveState) -> str:
     now = time.time()
     report = live.status()
     line_ids = live.store.line_ids(live.config.active_lines)
-    points = live.store.samples_since(line_ids, now - chart.SPAN_S)
-    charts = {name: chart.svg(chart.series(points[name], now), f"{name}: time to first byte, last 24 h") for name in points}
+    points = live.store.samples_since(line_ids, now - series.SPAN_S)
+    charts = {name: svg.svg(series.series(points[name], now), f"{name}: time to first byte, last 24 h") for name in points}
     return page.render(
         page.Page(
             status=report,

@@ -11,12 +11,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from . import picker, policy
-from .config import Config, Line
-from .output import round_phases
-from .policy import LineStats
-from .probe import LineRun, Phases
-from .store import Store
+from .. import picker, policy
+from ..config import Config, Line
+from ..policy import LineStats
+from ..probe.phases import Phases, median_phases
+from ..probe.round import LineRun
+from ..store import Store
 
 FULL = "daemon"  # round kinds, as recorded in the rounds table
 RECHECK = "daemon-recheck"
@@ -89,9 +89,9 @@ class LiveState:
         flips = []
         for run in runs:
             before = self.health_of(run.line.name)
-            after = before.after(picker.round_up(run.samples), rise, fall)
+            after = before.after(picker.answered_in_round(run.samples), rise, fall)
             self.health[run.line.name] = after
-            self.phases[run.line.name] = round_phases(run.samples)
+            self.phases[run.line.name] = median_phases(run.samples)
             if after.up != before.up:
                 last_error = next((s.error for s in reversed(run.samples) if s.error), None)
                 flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))

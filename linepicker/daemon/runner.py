@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
-from . import picker
-from .config import Config, Line, RetentionSettings, load_config
-from .errors import LinepickerError
+from .. import picker
+from ..config import Config, Line, Listen, RetentionSettings, load_config
+from ..errors import ExitStatus, LinepickerError
+from ..policy import Verdict
+from ..store import Decision, RollUp, Store, resolve_db_path
+from . import web
 from .live import FULL, RECHECK, LiveState
-from .policy import Verdict
-from .store import Decision, RollUp, Store, resolve_db_path
-from .web import Listen, parse_listen
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -42,11 +42,10 @@ log = logging.getLogger("linepicker")
 STOP_GRACE_S = 2.0  # how long a running round may go on after SIGTERM before it is cancelled
 HOOK_TIMEOUT_S = 60.0
 RETENTION_EVERY_S = 3600.0
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class DaemonRunning(LinepickerError):
-    exit_code = 1
+    exit_code = ExitStatus.FAILURE
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,6 @@ class Daemon:
     async def serve(self) -> None:
         """Run until stop(); then let a running round finish briefly, cancel what is left, and return."""
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        from . import web
 
         config = self.live.config
         for warning in config.warnings:
@@ -233,7 +230,7 @@ class Daemon:
                 log.info("line %s is up again after %d good rounds", flip.line, flip.rounds)
             else:
                 log.warning("line %s is down after %d failed rounds: %s", flip.line, flip.rounds, flip.last_error or "no answer")
-        verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id)
+        verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
         log.debug("%s round %d on %s: %s", kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
         self._note_eligibility(verdict)
         if chosen is not None and chosen != previous:

@@ -11,14 +11,18 @@ import html
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from . import __version__
-from .chart import LOSS_COLOURS, Series, svg
-from .history import History, span_text
-from .live import LineView
-from .picker import Status
-from .probe import Phases
-from .store import ChatRow, Decision
+from .. import __version__
+from ..picker import Status
+from ..probe.phases import Phases
+from ..store import ChatRow, Decision
+from .history import History
+from .series import Series, span_text
+from .svg import LOSS_COLOURS, svg
+
+if TYPE_CHECKING:
+    from ..daemon.live import LineView  # the daemon hands its views in; the page never imports the daemon
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,8 @@ def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
         f"score {entry.judgement.score:.1f} ms" if entry.judgement.eligible and entry.judgement.score is not None
         else f"not eligible: {entry.judgement.why_not}"
     )
-    last = entry.last or {}
-    outcome = html.escape(str(last.get("outcome", "never probed")))
-    error = f' <span class="error">{html.escape(last["error"])}</span>' if last.get("error") else ""
+    outcome = html.escape(entry.last.outcome if entry.last else "never probed")
+    error = f' <span class="error">{html.escape(entry.last.error)}</span>' if entry.last and entry.last.error else ""
     return f"""<article class="card{' is-chosen' if chosen else ''}">
 <div class="head"><h3>{html.escape(entry.line.name)}</h3>{badges}</div>
 <div class="url">{html.escape(entry.line.url)}</div>

@@ -2,7 +2,7 @@
 
 Raw samples give the buckets their percentiles; where retention has already
 rolled samples into hourly rows, those fill the buckets instead (see
-chart.from_hours), so a 30-day view is not blank before the last week.
+series.from_hours), so a 30-day view is not blank before the last week.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from . import chart
-from .config import Config, Line
-from .errors import ConfigError
-from .store import Decision, Store
+from ..config import Config, Line
+from ..errors import ConfigError
+from ..store import Decision, Store
+from . import series as chart
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,3 @@ def history(config: Config, store: Store, span_s: float, names: Sequence[str] = 
         lines=[LineHistory(line, chart.series(points[line.name], until, span_s, buckets, hours[line.name])) for line in lines],
         decisions=list(reversed(store.decisions(limit=1000, since=since))),
     )
-
-
-def span_text(seconds: float) -> str:
-    """'24 h', '7 days', '10 min': how a person names a period."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= (2 * size if unit == "days" else size):
-            value = seconds / size
-            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{seconds:.0f} s"

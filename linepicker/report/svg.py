@@ -12,96 +12,14 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
-from .policy import percentile
-from .store import HourRow
-
-SPAN_S = 24 * 3600.0
-BUCKETS = 144  # ten minutes each over a day
+from .series import Bucket, Series
 
 WIDTH, HEIGHT = 720, 170
 LEFT, RIGHT, TOP, PLOT_BOTTOM = 46, 712, 8, 132
 STRIP = (136, 142)  # the failure strip under the plot
 LOSS_COLOURS = ((0.0, "#15803d", "no failures"), (0.2, "#2563eb", "under 20% failed"), (0.5, "#9333ea", "under 50% failed"), (1.01, "#dc2626", "half or more failed"))
-
-
-@dataclass(frozen=True)
-class Bucket:
-    start: float
-    samples: int  # finished samples
-    failures: int
-    p10: float  # of the successful samples' ttfb, ms; meaningless when successes == 0
-    p25: float
-    p50: float
-    p75: float
-    p90: float
-    rolled_up: bool = False  # only hourly roll-ups were left: see from_hours
-
-    @property
-    def successes(self) -> int:
-        return self.samples - self.failures
-
-    @property
-    def failed_share(self) -> float:
-        return self.failures / self.samples if self.samples else 0.0
-
-
-@dataclass(frozen=True)
-class Series:
-    start: float
-    span: float
-    buckets: list[Bucket]
-
-
-def series(
-    points: Sequence[tuple[float, bool, float | None]],
-    now: float,
-    span: float = SPAN_S,
-    count: int = BUCKETS,
-    hours: Sequence[HourRow] = (),
-) -> Series:
-    """Group (started_at, success, ttfb_ms) points into `count` equal buckets ending now.
-
-    A bucket with no raw sample falls back to the hourly roll-ups whose hour
-    starts in it, so a long history still shows where retention removed the samples.
-    """
-    width = span / count
-    start = now - span
-    groups: list[list[tuple[bool, float | None]]] = [[] for _ in range(count)]
-    hourly: list[list[HourRow]] = [[] for _ in range(count)]
-    for at, success, ttfb in points:
-        index = int((at - start) // width)
-        if 0 <= index < count:
-            groups[index].append((success, ttfb))
-    for row in hours:
-        index = int((row.hour - start) // width)
-        if 0 <= index < count:
-            hourly[index].append(row)
-    result = []
-    for index, group in enumerate(groups):
-        at = start + index * width
-        if not group and hourly[index]:
-            result.append(from_hours(at, hourly[index]))
-            continue
-        ok = [ttfb for success, ttfb in group if success and ttfb is not None]
-        quantiles = [percentile(ok, q) or 0.0 for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
-        result.append(Bucket(at, len(group), len(group) - len(ok), *quantiles))
-    return Series(start, span, result)
-
-
-def from_hours(start: float, rows: Sequence[HourRow]) -> Bucket:
-    """Counts add up exactly; percentiles cannot be re-derived from roll-ups, so the median is the
-    successes-weighted mean of the hourly medians and the spread runs from the lowest minimum to
-    the highest p95 (no inner band)."""
-    samples = sum(row.samples for row in rows)
-    successes = sum(row.successes for row in rows)
-    weighted = [(row.p50_ms, row.successes) for row in rows if row.p50_ms is not None and row.successes]
-    p50 = sum(v * n for v, n in weighted) / sum(n for _, n in weighted) if weighted else 0.0
-    low = min((row.min_ms for row in rows if row.min_ms is not None), default=p50)
-    high = max((row.p95_ms for row in rows if row.p95_ms is not None), default=p50)
-    return Bucket(start, samples, samples - successes, low, p50, p50, p50, high, rolled_up=True)
 
 
 def loss_colour(share: float) -> str:

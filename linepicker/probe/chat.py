@@ -14,38 +14,29 @@ yields an outcome, never a hang or a crash.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .config import ChatSettings, Line, ProbeSettings
-from .probe import (
+from ..config import ChatSettings, Line, ProbeSettings
+from .outcomes import (
     API_NAMES,
-    MAX_REDIRECTS,
     MODEL_ERROR,
     NOT_API,
     OK,
     PROTOCOL,
     TIMEOUT,
-    FollowUp,
-    Limits,
-    LineRun,
-    Phases,
-    Stamps,
-    api_headers,
     classify_exception,
     classify_response,
-    current_stamps,
-    fresh_session,
     is_success,
     page_hint,
-    read_capped,
     redact,
-    span_ms,
 )
+from .phases import Phases
+from .round import FollowUp, Limits, LineRun
+from .timing import Stamps, api_headers, read_capped, span_ms, timed_request
 
 STREAM_CAP = 512 * 1024  # a 20-token answer is a few KiB; more is a relay streaming something else
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
@@ -223,51 +214,39 @@ async def chat_once(
     assert chat is not None
     stamps = Stamps(start=time.perf_counter())
     started_at = time.time()
-    token = current_stamps.set(stamps)
     status = None
     answer = ANSWERS[settings.api]()
     first = last = None
+    headers = api_headers(settings.api, key, accept="text/event-stream")
     try:
-        headers = api_headers(settings.api, key, accept="text/event-stream")
-        async with fresh_session(ssl_context) as session:
-            async with asyncio.timeout(chat.timeout):
-                async with session.post(
-                    line.url + PATHS[settings.api],
-                    json=request_body(settings.api, chat),
-                    headers=headers,
-                    proxy=proxy,
-                    max_redirects=MAX_REDIRECTS,
-                    trace_request_ctx=stamps,
-                ) as response:
-                    stamps.headers = time.perf_counter()
-                    status = response.status
-                    if not 200 <= status < 300 or not _is_event_stream(response):
-                        outcome, error = await _not_a_stream(response, settings.api)
-                    else:
-                        events = EventStream()
-                        size = 0
-                        async for chunk in response.content.iter_any():
-                            size += len(chunk)
-                            if size > STREAM_CAP:
-                                raise StreamError(PROTOCOL, f"the answer went on past {STREAM_CAP // 1024} KiB")
-                            for event in events.feed(chunk):
-                                if answer.text(event):
-                                    last = time.perf_counter()
-                                    first = first or last
-                                    answer.text_chunks += 1
-                            if answer.closed:
-                                break
-                        stamps.body_end = time.perf_counter()
-                        outcome, error = _judge(answer, settings.api)
+        async with timed_request(
+            "POST", line.url + PATHS[settings.api], stamps, ssl_context, chat.timeout, headers, proxy, json=request_body(settings.api, chat)
+        ) as response:
+            status = response.status
+            if not 200 <= status < 300 or not _is_event_stream(response):
+                outcome, error = await _not_a_stream(response, settings.api)
+            else:
+                events = EventStream()
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > STREAM_CAP:
+                        raise StreamError(PROTOCOL, f"the answer went on past {STREAM_CAP // 1024} KiB")
+                    for event in events.feed(chunk):
+                        if answer.text(event):
+                            last = time.perf_counter()
+                            first = first or last
+                            answer.text_chunks += 1
+                    if answer.closed:
+                        break
+                stamps.body_end = time.perf_counter()
+                outcome, error = _judge(answer, settings.api)
     except StreamError as exc:
         outcome, error = exc.outcome, str(exc)
     except Exception as exc:
         outcome, error = classify_exception(exc, chat.timeout)
         if outcome == TIMEOUT:
             error += f" ({_progress(answer, first, stamps)})"
-    finally:
-        stamps.end = time.perf_counter()
-        current_stamps.reset(token)
     tokens = answer.usage_tokens if answer.usage_tokens is not None else (answer.text_chunks or None)
     return ChatSample(
         line=line.name,

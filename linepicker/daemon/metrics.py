@@ -19,8 +19,10 @@ from typing import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..probe.phases import PHASES
 from .live import FULL, RECHECK, LiveState
-from .output import PHASES
+
+
 
 class LiveCollector:
     def __init__(self, live: LiveState):

@@ -1,0 +1,84 @@
+"""The console script: a plain `linepicker env` answered here, everything else handed to the CLI.
+
+`eval "$(linepicker env)"` runs in every new shell, so that path may cost little
+more than starting Python: standard library modules that are cheap to import
+(os, sys, sqlite3 through lastchoice), no click, pathlib or dataclasses. Anything it does not
+recognise, `--help` included, goes to the full CLI, which gives the same answers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .clientenv import SHELLS, detect_shell, shell_exports
+from .errors import ExitStatus, LinepickerError
+from .lastchoice import NO_CHOICE, last_choice
+
+def _quick_db_path(explicit: str | None) -> str | None:
+    """--db, LINEPICKER_DB, else platformdirs' user data dir on Linux; None: leave it to platformdirs.
+
+    Only the plain cases are answered here (an absolute XDG_DATA_HOME, or none
+    and an absolute HOME): for odd values platformdirs' versions disagree, and
+    `env` must read the very file that `pick` wrote.
+    """
+    chosen = explicit or os.environ.get("LINEPICKER_DB")
+    if chosen:
+        return os.path.expanduser(chosen)
+    if not sys.platform.startswith("linux"):
+        return None
+    xdg, home = os.environ.get("XDG_DATA_HOME", ""), os.environ.get("HOME", "")
+    if xdg:
+        base = xdg if os.path.isabs(xdg) and xdg == xdg.strip() else None
+    else:
+        base = os.path.join(home, ".local", "share") if os.path.isabs(home) else None
+    return None if base is None else os.path.join(base, "linepicker", "linepicker.db")
+
+
+def _quick_env_args(argv: list[str]) -> dict[str, str] | None:
+    """The options of a plain `env` call (--shell, --db), or None for anything the full CLI should judge."""
+    if not argv or argv[0] != "env":
+        return None
+    found: dict[str, str] = {}
+    rest = argv[1:]
+    while rest:
+        option, has_value, value = rest.pop(0).partition("=")
+        if option not in ("--shell", "--db") or option in found:
+            return None
+        if not has_value:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        found[option] = value
+    if found.get("--shell", "bash") not in SHELLS or os.path.isdir(found.get("--db", "")):
+        return None  # click explains these as usage errors
+    return found
+
+
+def _quick_env(options: dict[str, str]) -> int | None:
+    """Print the exports; None when the full CLI must answer instead."""
+    path = _quick_db_path(options.get("--db"))
+    if path is None:
+        return None
+    try:
+        row = last_choice(path)
+    except LinepickerError as exc:
+        print(f"linepicker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if row is None:
+        print(NO_CHOICE, file=sys.stderr)
+        return ExitStatus.NO_ELIGIBLE
+    sys.stdout.write(shell_exports(row[1], options.get("--shell") or detect_shell()))
+    return ExitStatus.OK
+
+
+def main() -> None:
+    """The console script: `env` straight from here, everything else through the click CLI."""
+    options = _quick_env_args(sys.argv[1:])
+    code = _quick_env(options) if options is not None else None
+    if code is not None:
+        sys.stdout.flush()
+        sys.exit(code)
+    from .cli import main as cli_main
+
+    cli_main()

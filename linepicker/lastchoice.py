@@ -1,0 +1,47 @@
+"""The last decision, read straight from the database file without changing or creating anything.
+
+`env` runs in every new shell and must not pay for sqlite_utils, pathlib or
+the Store's migrations; the Store reads the same row the same way, so both
+paths answer alike. Standard library only (os, sqlite3).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from .errors import StoreError
+
+BUSY_TIMEOUT_S = 10.0
+NO_CHOICE = "linepicker: no line chosen yet: run 'linepicker pick'"
+CHOICE_QUERY = "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
+
+
+def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
+    """The newest decision row (name, url, previous, reason, decided_at), read-only, creating nothing."""
+    if not os.path.exists(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"{file_uri(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            row = conn.execute(CHOICE_QUERY).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise StoreError(f"{path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not a usable linepicker database ({exc})") from None
+    return tuple(row) if row else None  # type: ignore[return-value]
+
+
+def file_uri(path: str) -> str:
+    """The file as a URI SQLite reads back to the same name, without importing pathlib or urllib.
+
+    Absolute with an empty authority, so '//tmp/x' is not read as host 'tmp';
+    '?' and '#' would end the path and '%' starts an escape.
+    """
+    absolute = os.path.abspath(path).replace(os.sep, "/")
+    escaped = absolute.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return "file://" + ("" if escaped.startswith("/") else "/") + escaped

@@ -1,0 +1,200 @@
+"""What became of a sample, in the words a user reads in the table.
+
+Every answer and every exception a request can end in maps to one outcome
+here, so a relay sending anything at all fails one sample and never a round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from .timing import MAX_REDIRECTS, MODELS_CAP
+
+if TYPE_CHECKING:
+    import aiohttp
+
+API_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic"}
+
+# Outcomes, in the words a user reads in the table.
+OK = "ok"
+TIMEOUT = "timeout"
+DNS = "dns"
+REFUSED = "refused"
+UNREACHABLE = "unreachable"
+RESET = "reset"
+TLS = "tls"
+PROTOCOL = "protocol"
+HTTP_4XX = "http_4xx"
+HTTP_5XX = "http_5xx"
+NOT_API = "not_api"
+AUTH = "auth"
+RATE_LIMITED = "rate_limited"
+UNFINISHED = "unfinished"
+MISSING_MODEL = "missing_model"
+MODEL_ERROR = "model_error"
+
+
+
+def is_success(outcome: str, key_sent: bool) -> bool:
+    """Reachable and answering as the API: a 401 without a key still proves the API is there.
+
+    A 429 counts as reachable too: the account is shared by every line, so a rate
+    limit is not a reason to move to another line.
+    """
+    return outcome in (OK, RATE_LIMITED) or (outcome == AUTH and not key_sent)
+
+
+def redact(text: str, secret: str | None) -> str:
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
+
+
+def classify_response(
+    status: int, content_type: str, body: bytes, complete: bool, api: str = "openai", require_models: tuple[str, ...] = ()
+) -> tuple[str, str | None]:
+    shape, data = _json_shape(body, complete, api)
+    if status == 429:
+        return RATE_LIMITED, "429 Too Many Requests"
+    if status >= 500:
+        return HTTP_5XX, f"HTTP {status}" + page_hint(content_type, body)
+    if status in (401, 403):
+        if shape == "error":
+            return AUTH, f"HTTP {status}: the API answered but did not accept the key"
+        return NOT_API, f"HTTP {status} that is not the API" + page_hint(content_type, body)
+    if 300 <= status < 400:
+        return PROTOCOL, f"HTTP {status} redirect without a usable Location"
+    if status >= 400:
+        return HTTP_4XX, f"HTTP {status}" + page_hint(content_type, body)
+    if shape == "api":
+        return _missing_models(data, complete, require_models) if require_models else (OK, None)
+    return NOT_API, f"HTTP {status} but the body is not {API_NAMES[api]}-shaped JSON" + page_hint(content_type, body)
+
+
+def _missing_models(answer: dict[str, Any], complete: bool, required: tuple[str, ...]) -> tuple[str, str | None]:
+    """The line answers, but a client asking for a model it does not list would be refused."""
+    if not complete:
+        return PROTOCOL, f"the model list is longer than {MODELS_CAP // 2**20} MiB, so require_models cannot be checked"
+    data = answer.get("data")
+    listed = {item.get("id") for item in data if isinstance(item, dict)} if isinstance(data, list) else set()
+    missing = [model for model in required if model not in listed]
+    if not missing:
+        return OK, None
+    paged = ", the first page of a longer list (has_more)" if answer.get("has_more") is True else ""
+    return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({len(listed)} models listed{paged})"
+
+
+def _json_shape(body: bytes, complete: bool, api: str = "openai") -> tuple[str | None, dict[str, Any]]:
+    """'api' for an answer of the API (OpenAI: an object or list; Anthropic: a `data` list), 'error' for its error, else None;
+    with the parsed answer, when the whole body was read and parsed.
+
+    Anthropic's errors are {"type": "error", "error": {...}}; OpenAI's are {"error": {...}}: both carry `error`.
+    """
+    if complete:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, a relay can send that
+            return None, {}
+        if not isinstance(data, dict):
+            return None, {}
+        if "error" in data:
+            return "error", data
+        if api == "anthropic":
+            return ("api" if isinstance(data.get("data"), list) else None), data
+        return ("api" if "data" in data or "object" in data else None), data
+    head = body[:4096].lstrip()
+    if not head.startswith(b"{"):
+        return None, {}
+    if b'"error"' in head[:200]:
+        return "error", {}
+    return ("api" if b'"data"' in head or b'"object"' in head else None), {}
+
+
+def page_hint(content_type: str, body: bytes) -> str:
+    """Name what came back instead of the API, so a block page is recognisable in the table."""
+    if "html" in content_type or body.lstrip()[:1] == b"<":
+        title = _html_title(body)
+        return f" (HTML page{': ' + title if title else ''})"
+    return f" ({content_type})" if content_type and content_type != "application/octet-stream" else ""
+
+
+def _html_title(body: bytes) -> str:
+    text = body[:8192].decode("utf-8", "replace")
+    start = text.lower().find("<title>")
+    if start < 0:
+        return ""
+    end = text.lower().find("</title>", start)
+    title = text[start + 7 : end if end > 0 else start + 87]
+    return " ".join(title.split())[:80]
+
+
+def classify_exception(exc: Exception, timeout: float) -> tuple[str, str]:
+    import aiohttp
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return TIMEOUT, f"no complete answer within {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TLS, f"certificate rejected: {_ssl_reason(exc.certificate_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return TLS, f"TLS handshake failed: {_ssl_reason(exc.os_error)}"
+    if isinstance(exc, ssl.SSLError):
+        return TLS, f"TLS failed: {_ssl_reason(exc)}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(getattr(exc, "os_error", None), socket.gaierror):
+        return DNS, f"DNS lookup failed: {getattr(exc, 'os_error', exc)}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return PROTOCOL, f"proxy answered {exc.status} to CONNECT"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _classify_os_error(exc.os_error, "connect")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return PROTOCOL, f"more than {MAX_REDIRECTS} redirects"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return RESET, "server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        if _reset_mid_body(exc):
+            return RESET, "connection reset while reading the body"
+        cause = exc.__cause__
+        return PROTOCOL, f"broken response body: {_first_line(getattr(cause, 'message', None) or exc)}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return PROTOCOL, f"not an HTTP answer: {_first_line(exc.message) or exc.status}"
+    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
+        return _classify_os_error(exc, "read")
+    if isinstance(exc, aiohttp.ClientError):
+        return PROTOCOL, f"{type(exc).__name__}: {_first_line(exc)}"
+    raise exc
+
+
+def _reset_mid_body(exc: aiohttp.ClientPayloadError) -> bool:
+    """aiohttp chains the framing error (body shorter than announced), not the reset behind it.
+
+    The reset survives only in the message, as the repr of the ConnectionResetError.
+    """
+    chain = (exc.__cause__, exc.__context__)
+    return any(isinstance(link, ConnectionResetError) for link in chain) or "ConnectionResetError(" in str(exc)
+
+
+def _classify_os_error(exc: BaseException, during: str) -> tuple[str, str]:
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return REFUSED, "connection refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or code in (errno.ECONNRESET, errno.EPIPE):
+        return RESET, f"connection reset during {during}"
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return UNREACHABLE, os.strerror(code)
+    return UNREACHABLE, f"{during} failed: {_first_line(exc)}"
+
+
+def _ssl_reason(exc: BaseException | None) -> str:
+    return str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc)
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
