@@ -1,4 +1,4 @@
-"""Load and validate lines.yaml.
+"""Load and validate lines.yaml into frozen dataclasses every other module reads.
 
 The config is the user's main interface, so every mistake is reported as one
 line naming the file and line number, and nothing downstream ever sees an

@@ -1,7 +1,7 @@
 """One round: probe the lines, record every sample, decide, hand the choice out.
 
-This is the core that the CLI and the daemon both call; it knows nothing of
-how results are shown.
+This is the core that the CLI and the daemon both call, so a `pick` and a
+daemon round record and decide alike; it knows nothing of how results are shown.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""A round: every line probed concurrently within the machine's limits, stopped early once settled."""
+"""A round: every line probed concurrently within the machine's limits, stopped early once settled.
+
+Apart from the single sample because a round is about sharing: sockets under
+the open-file limit, a concurrency cap that keeps the event loop on time, and
+a `settled` callback through which the policy (not this module) says when the
+remaining lines can no longer change the choice.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""One sample: a single request to probe.path on a fresh connection, timed and judged."""
+"""One sample: a single request to probe.path on a fresh connection, timed and judged.
+
+The unit every statistic is built from: exactly one request on the wire, its
+phases from probe.timing and its outcome from probe.outcomes.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The status page: one self-contained HTML document a person understands at a glance.
+"""The daemon's status page and the offline HTML report: self-contained documents a person reads at a glance.
 
 Rendered on the server with inline CSS and SVG, no script and no external
 resource, so it works on a machine without network and in any browser; a
