@@ -491,5 +491,26 @@ def report(html_path: str, span_s: float, config_path: str | None, db_path: str 
     terminal.report_written(path, result, as_json)
 
 
+@cli.command()
+@click.option("--url", default=f"http://{DEFAULT_LISTEN}", show_default=True, help="The daemon's address (what its --listen serves).")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the view once and exit (what it does anyway when stdout is not a terminal).")
+@_fails_cleanly
+def top(url: str, interval: float, once: bool) -> None:
+    """Watch a running daemon: each line's state, score, last phases and trend, the choice and the last switch.
+
+    Reads the daemon's /api/status over HTTP and redraws in place until Ctrl-C.
+
+    \b
+    Example:
+        linepicker daemon &
+        linepicker top
+    """
+    from .report import terminal
+    from .report.top import run
+
+    run(url, interval, terminal.stdout, once)
+
+
 def main() -> None:
     cli()

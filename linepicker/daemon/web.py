@@ -81,11 +81,21 @@ def staleness(live: LiveState, now: float) -> str | None:
     return None
 
 
+TREND_MARKS = 20
+
+
 def status_json(live: LiveState) -> dict:
-    """`linepicker status --json`, plus what only a running daemon knows: rise/fall state and the last round."""
+    """`linepicker status --json`, plus what only a running daemon knows: rise/fall state, the last round
+    and a short trend (what `linepicker top` draws)."""
     report = live.status()
+    trend_s, trends = trend(live, time.time())
     extras = {
-        view.status.line.name: {"state": view.state, "up": view.health.up, "phases": vars(view.phases) if view.phases else None}
+        view.status.line.name: {
+            "state": view.state,
+            "up": view.health.up,
+            "phases": vars(view.phases) if view.phases else None,
+            "trend": [documents.bucket_json(bucket) for bucket in trends.get(view.status.line.name, [])],
+        }
         for view in live.views(report)
     }
     data = documents.status_json(report, live.config, extras)
@@ -94,8 +104,18 @@ def status_json(live: LiveState) -> dict:
         "last_round_at": documents.iso_time(live.last_round_at),
         "rounds": dict(live.rounds),
         "switches": live.switches,
+        "trend_bucket_s": trend_s,
     }
     return data
+
+
+def trend(live: LiveState, now: float) -> tuple[float, dict[str, list[series.Bucket]]]:
+    """The last TREND_MARKS buckets per line, each 1.2 probe intervals wide: the scheduler's jitter
+    moves a round by at most a tenth of an interval either way, so no bucket is left without one."""
+    width = live.config.probe.interval * 1.2
+    span = width * TREND_MARKS
+    points = live.store.samples_since(live.store.line_ids(live.config.active_lines), now - span)
+    return width, {name: series.series(found, now, span, TREND_MARKS).buckets for name, found in points.items()}
 
 
 def render_page(live: LiveState) -> str:
