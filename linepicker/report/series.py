@@ -12,9 +12,6 @@ from typing import Sequence
 from ..policy import percentile
 from ..store import HourRow
 
-SPAN_S = 24 * 3600.0
-BUCKETS = 144  # ten minutes each over a day
-
 
 @dataclass(frozen=True)
 class Bucket:
@@ -47,8 +44,8 @@ class Series:
 def series(
     points: Sequence[tuple[float, bool, float | None]],
     now: float,
-    span: float = SPAN_S,
-    count: int = BUCKETS,
+    span: float,
+    count: int,
     hours: Sequence[HourRow] = (),
 ) -> Series:
     """Group (started_at, success, ttfb_ms) points into `count` equal buckets ending now.
