@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import json
 import re
-import time
 from pathlib import Path
 
 from linepicker.config import Listen

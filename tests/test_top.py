@@ -4,6 +4,7 @@ how it behaves in a real terminal (tmux) while lines fail, the daemon goes away 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -57,12 +58,22 @@ def row(screen: str, name: str) -> str:
     return next(text.strip() for text in screen.splitlines() if text.strip().removeprefix("▶ ").startswith(f"{name} "))
 
 
+# Shaped like /api/status, but a score that is text: one sample of a rogue answer must not become a traceback.
+ODD = json.dumps(
+    {
+        "window_s": 900, "choice": None, "decisions": [], "daemon": {"rounds": {}, "last_round_at": None},
+        "lines": [{"name": "a", "url": "u", "state": "up", "healthy": True, "score": "fast", "p50_ms": 1, "success_rate": 1, "last_outcome": "ok"}],
+    }
+).encode()
+
+
 @pytest.mark.parametrize(
     "where, expected",
     [
         ("refused", "no daemon answers at"),
         ("html", "answered HTTP 502"),
         ("not-json", "did not answer with a linepicker daemon's status"),
+        ("wrong-types", "did not answer with a linepicker daemon's status"),
         ("silent", "timed out"),
     ],
 )
@@ -72,6 +83,7 @@ def test_top_says_in_one_line_when_no_daemon_answers(server: ServerThread, where
         "html": lambda: server.start_raw(replies(head("502 Bad Gateway", content_type="text/html", content_length=len(GATEWAY_PAGE)) + GATEWAY_PAGE)),
         "not-json": lambda: server.start_raw(replies(head(content_type="application/json", content_length=14) + b'{"lines": [1]}')),
         "silent": lambda: never_accepting_url(server),
+        "wrong-types": lambda: server.start_raw(replies(head(content_type="application/json", content_length=len(ODD)) + ODD)),
     }
     started = time.monotonic()
     result = top("--url", urls[where]())

@@ -82,7 +82,7 @@ def _title(page: Page) -> str:
 def _last_round(page: Page) -> str:
     if page.last_round_at is None:
         return "first round running"
-    return f"last round {_ago(page.last_round_at, page.now)}"
+    return f"last round {ago(page.last_round_at, page.now)}"
 
 
 def _choice(status: Status, now: float) -> str:
@@ -93,7 +93,7 @@ def _choice(status: Status, now: float) -> str:
     since = f"Switched from <b>{html.escape(choice.previous)}</b>" if choice.previous else "Chosen"
     return f"""<section class="choice"><div class="label">Chosen line</div>
 <h2>{html.escape(choice.name)} {pinned}</h2><div class="url">{html.escape(choice.url)}</div>
-<p class="why">{since} {_ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
+<p class="why">{since} {ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
 
 
 def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
@@ -125,7 +125,7 @@ def _chat(chat: ChatRow | None, now: float) -> str:
     """The model call, beside the ping: a line can answer /v1/models and still fail it."""
     if chat is None:
         return ""
-    head = f"model call ({html.escape(chat.model)}, {_ago(chat.started_at, now)})"
+    head = f"model call ({html.escape(chat.model)}, {ago(chat.started_at, now)})"
     if not chat.success:
         return f'<p class="chat">{head}: <span class="error">{html.escape(chat.outcome)}: {html.escape(chat.error or "")}</span></p>\n'
     speed = "" if chat.tokens_per_s is None else f" · {chat.tokens_per_s:.0f} tokens/s"
@@ -163,7 +163,7 @@ def _decisions(decisions: list[Decision], now: float | None) -> str:
 
 
 def _ago_note(timestamp: float, now: float | None) -> str:
-    return "" if now is None else f"<div class='muted'>{_ago(timestamp, now)}</div>"
+    return "" if now is None else f"<div class='muted'>{ago(timestamp, now)}</div>"
 
 
 def _ms(value: float | None) -> str:
@@ -186,7 +186,7 @@ def _zone(timestamp: float) -> str:
     return utc if name in ("UTC", "GMT", "") else f"{name}, {utc}"
 
 
-def _ago(timestamp: float, now: float) -> str:
+def ago(timestamp: float, now: float) -> str:
     seconds = max(now - timestamp, 0)
     if seconds < 90:
         return f"{seconds:.0f} s ago"

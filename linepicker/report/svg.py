@@ -22,6 +22,7 @@ WIDTH, HEIGHT = 720, 170
 LEFT, RIGHT, TOP, PLOT_BOTTOM = 52, 712, 8, 132  # LEFT leaves room for the widest y label, "800 ms"
 STRIP = (136, 142)  # the failure strip under the plot
 LOSS_COLOURS = ((0.0, "#15803d", "no failures"), (0.2, "#2563eb", "under 20% failed"), (0.5, "#9333ea", "under 50% failed"), (1.01, "#dc2626", "half or more failed"))
+NICE = {1: 5, 1.5: 3, 2: 4, 3: 3, 4: 4, 5: 5, 6: 3, 8: 4}  # axis maxima (× 10^k) and how many gridlines split them into round values
 MAX_TICKS = 8
 LABEL_CHAR_PX = 6.0  # a tick label's width per character at its 10 px font, a little generous
 TICK_STEPS_S = (60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
@@ -29,9 +30,6 @@ TICK_STEPS_S = (60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12
 
 def loss_colour(share: float) -> str:
     return next((colour for limit, colour, _ in LOSS_COLOURS if share <= limit), LOSS_COLOURS[-1][1])
-
-
-NICE = {1: 5, 1.5: 3, 2: 4, 3: 3, 4: 4, 5: 5, 6: 3, 8: 4}  # axis maxima (× 10^k) and how many gridlines split them into round values
 
 
 def _ceiling(value: float) -> float:

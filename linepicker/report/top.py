@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ..config import DEFAULT_LISTEN
 from ..errors import ConfigError, LinepickerError
+from .page import ago
 from .series import Bucket, robust_top, span_text
 from .terminal import sparklines
 
@@ -116,6 +117,19 @@ def _reason(reason: object) -> str:
     return getattr(reason, "strerror", None) or str(reason)
 
 
+def _number(value: object) -> float | None:
+    """A figure from the JSON: a number or null, anything else means it was not a daemon's status."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def _time(text: str | None) -> float | None:
     return None if text is None else dt.datetime.fromisoformat(text).timestamp()
 
@@ -123,12 +137,12 @@ def _time(text: str | None) -> float | None:
 def _decision(data: dict[str, Any] | None) -> Switch | None:
     if not data:
         return None
-    return Switch(str(data["name"]), str(data["url"]), data["previous"], str(data["reason"]), _time(data["decided_at"]) or 0.0)
+    return Switch(str(data["name"]), str(data["url"]), _text(data["previous"]), str(data["reason"]), _time(data["decided_at"]) or 0.0)
 
 
 def _bucket(data: dict[str, Any]) -> Bucket:
     """The JSON of a trend bucket back into the Bucket the sparklines draw; only the median is used."""
-    p50 = data.get("p50_ms") or 0.0
+    p50 = _number(data.get("p50_ms")) or 0.0
     return Bucket(_time(data["start"]) or 0.0, int(data["samples"]), int(data["failures"]), p50, p50, p50, p50, p50)
 
 
@@ -140,13 +154,13 @@ def _line(data: dict[str, Any]) -> TopLine:
         insecure=bool(data.get("insecure")),
         state=str(data["state"]),
         eligible=bool(data["healthy"]),
-        score_ms=data["score"],
-        p50_ms=data["p50_ms"],
-        success_rate=data["success_rate"],
-        last_outcome=data["last_outcome"],
-        error=data.get("error"),
-        why_not=data.get("why_not"),
-        phases={name: phases.get(f"{name}_ms") for name in PHASE_COLUMNS},
+        score_ms=_number(data["score"]),
+        p50_ms=_number(data["p50_ms"]),
+        success_rate=_number(data["success_rate"]),
+        last_outcome=_text(data["last_outcome"]),
+        error=_text(data.get("error")),
+        why_not=_text(data.get("why_not")),
+        phases={name: _number(phases.get(f"{name}_ms")) for name in PHASE_COLUMNS},
         trend=[_bucket(bucket) for bucket in data.get("trend") or []],
     )
 
@@ -160,11 +174,11 @@ def parse(data: dict[str, Any], url: str) -> Snapshot:
         lines=[_line(item) for item in data["lines"]],
         choice=_decision(data["choice"]),
         last_switch=next((d for d in decisions if d is not None and d.previous), None),
-        pinned=data.get("pinned"),
+        pinned=_text(data.get("pinned")),
         window_s=float(data["window_s"]),
         rounds={str(kind): int(n) for kind, n in daemon["rounds"].items()},
         last_round_at=_time(daemon["last_round_at"]),
-        trend_bucket_s=daemon.get("trend_bucket_s"),
+        trend_bucket_s=_number(daemon.get("trend_bucket_s")),
     )
 
 
@@ -172,20 +186,9 @@ def _clock(timestamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
 
-def _ago(timestamp: float, now: float) -> str:
-    seconds = max(now - timestamp, 0)
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 129600:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
-
-
 def _when(timestamp: float, now: float) -> str:
     day = "" if now - timestamp < 20 * 3600 else time.strftime("%Y-%m-%d ", time.localtime(timestamp))
-    return f"{day}{_clock(timestamp)} ({_ago(timestamp, now)})"
+    return f"{day}{_clock(timestamp)} ({ago(timestamp, now)})"
 
 
 def _ms(value: float | None) -> str:
@@ -194,7 +197,7 @@ def _ms(value: float | None) -> str:
 
 def render(snapshot: Snapshot, now: float, interval: float, width: int, problem: str | None = None) -> RenderableType:
     """The whole screen: what is chosen and since when, the last switch, a table of lines, notes."""
-    parts: list[RenderableType] = [_header(snapshot, now, interval)]
+    parts: list[RenderableType] = [_header(snapshot, now)]
     parts += _choice(snapshot, now)
     parts.append(_table(snapshot, width))
     for line in snapshot.lines:
@@ -209,8 +212,8 @@ def render(snapshot: Snapshot, now: float, interval: float, width: int, problem:
     return Group(*parts)
 
 
-def _header(snapshot: Snapshot, now: float, interval: float) -> Text:
-    full = snapshot.rounds.get("daemon", 0)
+def _header(snapshot: Snapshot, now: float) -> Text:
+    full = snapshot.rounds.get("daemon", 0)  # the round kinds /api/status counts (daemon.live FULL and RECHECK)
     rechecks = snapshot.rounds.get("daemon-recheck", 0)
     last = f"last round {_when(snapshot.last_round_at, now)}" if snapshot.last_round_at else "first round running"
     return Text.assemble(("linepicker top", "bold"), f"  {_clock(now)} · {full} rounds, {rechecks} rechecks · {last}")
