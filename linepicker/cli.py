@@ -422,26 +422,33 @@ def remove(name: str, config_path: str | None, as_json: bool) -> None:
 
 
 def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    def seconds(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    def seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
         from .config import parse_duration
 
+        if value is None:
+            return None
         try:
             return parse_duration(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
 
-    return click.option("--since", "span_s", default="24h", show_default=True, callback=seconds, help="How far back: 90m, 24h, 7d.")(command)
+    return click.option(
+        "--since",
+        "span_s",
+        callback=seconds,
+        help="How far back: 90m, 24h, 30d (default: 1h, 6h, 24h or 7d, the shortest that holds the recorded samples).",
+    )(command)
 
 
 @cli.command()
 @_span_option
 @click.option("--line", "names", multiple=True, shell_complete=_line_names, help="Only this line (repeatable).")
-@click.option("--buckets", type=click.IntRange(4, 500), help="Marks per line (default: fits the terminal).")
+@click.option("--buckets", type=click.IntRange(4, 500), help="Marks per line (default: fits the terminal, each at least two probe intervals wide).")
 @_config_option
 @_db_option
 @_json_option
 @_fails_cleanly
-def history(span_s: float, names: tuple[str, ...], buckets: int | None, config_path: str | None, db_path: str | None, as_json: bool) -> None:
+def history(span_s: float | None, names: tuple[str, ...], buckets: int | None, config_path: str | None, db_path: str | None, as_json: bool) -> None:
     """Show how each line behaved: sparklines of median latency and failures, and the switches.
 
     \b
@@ -452,9 +459,8 @@ def history(span_s: float, names: tuple[str, ...], buckets: int | None, config_p
     from .report.history import history as load_history
 
     config = _load(config_path)
-    width = buckets or max(12, min(120, terminal.stdout.width - 4))
     with _open_store(db_path) as store:
-        result = load_history(config, store, span_s, names, width)
+        result = load_history(config, store, span_s, names, buckets, most=max(12, min(120, terminal.stdout.width - 4)))
     if as_json:
         terminal.print_json(documents.history_json(result))
     else:
@@ -468,7 +474,7 @@ def history(span_s: float, names: tuple[str, ...], buckets: int | None, config_p
 @_db_option
 @_json_option
 @_fails_cleanly
-def report(html_path: str, span_s: float, config_path: str | None, db_path: str | None, as_json: bool) -> None:
+def report(html_path: str, span_s: float | None, config_path: str | None, db_path: str | None, as_json: bool) -> None:
     """Write one self-contained HTML file with each line's latency chart and the switches.
 
     \b
@@ -489,6 +495,27 @@ def report(html_path: str, span_s: float, config_path: str | None, db_path: str 
     path = Path(html_path)
     atomic_write(path, render_report(result, str(config.source), time.time()).encode("utf-8"))
     terminal.report_written(path, result, as_json)
+
+
+@cli.command()
+@click.option("--url", default=f"http://{DEFAULT_LISTEN}", show_default=True, help="The daemon's address (what its --listen serves).")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the view once and exit (what it does anyway when stdout is not a terminal).")
+@_fails_cleanly
+def top(url: str, interval: float, once: bool) -> None:
+    """Watch a running daemon: each line's state, score, last phases and trend, the choice and the last switch.
+
+    Reads the daemon's /api/status over HTTP and redraws in place until Ctrl-C.
+
+    \b
+    Example:
+        linepicker daemon &
+        linepicker top
+    """
+    from .report import terminal
+    from .report.top import run
+
+    run(url, interval, terminal.stdout, once)
 
 
 def main() -> None:

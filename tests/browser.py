@@ -47,3 +47,32 @@ def screenshot(url: str, name: str, size: str = "1200,1600") -> Path:
     path = ARTIFACTS / name
     _run(url, f"--screenshot={path}", f"--window-size={size}")
     return path
+
+
+MEASURE = """<script>
+const boxes = [];
+document.querySelectorAll("svg.chart").forEach((chart, index) => {
+  const view = chart.viewBox.baseVal;
+  for (const text of chart.querySelectorAll("text")) {
+    const box = text.getBBox();
+    boxes.push({chart: index, text: text.textContent, left: box.x, right: box.x + box.width, top: box.y, bottom: box.y + box.height, width: view.width});
+  }
+});
+document.body.setAttribute("data-boxes", JSON.stringify(boxes));
+</script>"""
+
+
+def chart_text_boxes(page: Path) -> list[dict]:
+    """Where Chromium lays out every text of every chart on a saved page (its box in the chart's own
+    units), measured by a script added to a copy: what a reader would find cut off or overlapping."""
+    import html
+    import json
+    import re
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "measured.html"
+        copy.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+        dom = rendered_dom(copy.as_uri())
+    found = re.search(r'data-boxes="([^"]*)"', dom)
+    assert found, "the measuring script did not run"
+    return json.loads(html.unescape(found.group(1)))

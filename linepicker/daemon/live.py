@@ -74,6 +74,8 @@ class LiveState:
     phases: dict[str, Phases] = field(default_factory=dict)
     rounds: Counter[str] = field(default_factory=Counter)
     switches: int = 0
+    ttfb_count: Counter[str] = field(default_factory=Counter)  # successful samples timed since start: a summary's _count
+    ttfb_sum_ms: Counter[str] = field(default_factory=Counter)
     last_round_at: float | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -92,6 +94,9 @@ class LiveState:
             after = before.after(picker.answered_in_round(run.samples), rise, fall)
             self.health[run.line.name] = after
             self.phases[run.line.name] = median_phases(run.samples)
+            timed = [s.phases.ttfb_ms for s in run.samples if s.success and s.phases.ttfb_ms is not None]
+            self.ttfb_count[run.line.name] += len(timed)
+            self.ttfb_sum_ms[run.line.name] += sum(timed)
             if after.up != before.up:
                 last_error = next((s.error for s in reversed(run.samples) if s.error), None)
                 flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))

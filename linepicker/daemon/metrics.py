@@ -9,19 +9,26 @@ Latency per phase is exported as gauges of the latest round's medians, not as
 histograms: a round is already a small batch of samples, its median is what the
 page shows, and Prometheus scraping several vantage points compares them with
 plain `max by (line)` or `avg_over_time`. The window's p50/p95 time to first
-byte, which the policy judges by, is exported beside them.
+byte, which the policy judges by, is a summary beside them: its quantiles slide
+with the policy window (as a client library's summary with a max age does) and
+its _sum/_count are counters since start, so `promtool check metrics` accepts it
+and `rate(_sum)/rate(_count)` gives a true mean.
+
+The process collector adds the usual `process_*` series (memory, CPU, open
+files), so a daemon that leaks shows it on the same dashboard.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from ..probe.phases import PHASES
 from .live import FULL, RECHECK, LiveState
 
+WINDOW_QUANTILES = (("0.5", "p50_ms"), ("0.95", "p95_ms"))
 
 
 class LiveCollector:
@@ -38,8 +45,10 @@ class LiveCollector:
         eligible = GaugeMetricFamily("linepicker_line_eligible", "1 if the policy may choose the line now, else 0.", labels=["line"])
         chosen_gauge = GaugeMetricFamily("linepicker_line_chosen", "1 for the line in force, 0 for the others.", labels=["line"])
         ratio = GaugeMetricFamily("linepicker_line_success_ratio", "Share of successful samples in the policy window.", labels=["line"])
-        window = GaugeMetricFamily(
-            "linepicker_line_ttfb_window_seconds", "Time to first byte of successful samples over the policy window.", labels=["line", "quantile"]
+        window = SummaryMetricFamily(
+            "linepicker_line_ttfb_window_seconds",
+            "Time to first byte of successful samples: quantiles over the policy window, sum and count since the daemon started.",
+            labels=["line"],
         )
         phases = GaugeMetricFamily(
             "linepicker_line_phase_seconds", "Median of each request phase in the latest round that probed the line.", labels=["line", "phase"]
@@ -65,9 +74,10 @@ class LiveCollector:
             chosen_gauge.add_metric([name], float(name == chosen))
             if stats.success_rate is not None:
                 ratio.add_metric([name], stats.success_rate)
-            for quantile, value in (("0.5", stats.p50_ms), ("0.95", stats.p95_ms)):
-                if value is not None:
-                    window.add_metric([name, quantile], value / 1000)
+            for quantile, field in WINDOW_QUANTILES:
+                if (value := getattr(stats, field)) is not None:
+                    window.add_sample(window.name, {"line": name, "quantile": quantile}, value / 1000)
+            window.add_metric([name], live.ttfb_count[name], live.ttfb_sum_ms[name] / 1000)
             for phase in PHASES:
                 value = getattr(view.phases, phase) if view.phases else None
                 if value is not None:
@@ -78,9 +88,12 @@ class LiveCollector:
         rounds.add_metric(["full"], live.rounds[FULL])
         rounds.add_metric(["recheck"], live.rounds[RECHECK])
         yield rounds
-        switches = CounterMetricFamily("linepicker_switches", "Changes of the chosen line made by this daemon.")
+        switches = CounterMetricFamily("linepicker_switches", "Changes of the chosen line made by this daemon; the first choice ever is not one.")
         switches.add_metric([], live.switches)
         yield switches
+        yield GaugeMetricFamily(
+            "linepicker_probe_interval_seconds", "probe.interval: seconds between full rounds, to tell a late round from a stopped one.", value=live.config.probe.interval
+        )
         if live.last_round_at is not None:
             yield GaugeMetricFamily("linepicker_last_round_timestamp_seconds", "Unix time the latest round finished.", value=live.last_round_at)
 
@@ -88,4 +101,5 @@ class LiveCollector:
 def registry(live: LiveState) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(LiveCollector(live))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
     return registry

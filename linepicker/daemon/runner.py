@@ -247,7 +247,8 @@ class Daemon:
         self._none_eligible = none
 
     def _switched(self, config: Config, verdict: Verdict, chosen: Decision) -> None:
-        self.live.switches += 1
+        if chosen.previous is not None:  # the first choice ever is no switch: alerts on switching rates count this
+            self.live.switches += 1
         log.info("switched from %s to %s (%s): %s", chosen.previous or "nothing", chosen.name, chosen.url, chosen.reason)
         results, errors = picker.hand_out(config, verdict, chosen)
         for result in results:

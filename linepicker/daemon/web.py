@@ -16,6 +16,7 @@ from aiohttp import web
 from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
+from ..report.history import SPANS, history
 from .live import LiveState
 
 log = logging.getLogger("linepicker")
@@ -50,7 +51,10 @@ def app(live: LiveState) -> web.Application:
     metrics = registry(live)
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=render_page(live), content_type="text/html", charset="utf-8")
+        span = request.query.get("span")
+        if span is not None and span not in SPANS:
+            return web.Response(status=400, text=f"span {span!r}: choose one of {', '.join(SPANS)}\n")
+        return web.Response(text=render_page(live, span), content_type="text/html", charset="utf-8")
 
     async def api_status(request: web.Request) -> web.Response:
         return web.json_response(status_json(live), dumps=_dumps)
@@ -81,11 +85,21 @@ def staleness(live: LiveState, now: float) -> str | None:
     return None
 
 
+TREND_MARKS = 20
+
+
 def status_json(live: LiveState) -> dict:
-    """`linepicker status --json`, plus what only a running daemon knows: rise/fall state and the last round."""
+    """`linepicker status --json`, plus what only a running daemon knows: rise/fall state, the last round
+    and a short trend (what `linepicker top` draws)."""
     report = live.status()
+    trend_s, trends = trend(live, time.time())
     extras = {
-        view.status.line.name: {"state": view.state, "up": view.health.up, "phases": vars(view.phases) if view.phases else None}
+        view.status.line.name: {
+            "state": view.state,
+            "up": view.health.up,
+            "phases": vars(view.phases) if view.phases else None,
+            "trend": [documents.bucket_json(bucket) for bucket in trends.get(view.status.line.name, [])],
+        }
         for view in live.views(report)
     }
     data = documents.status_json(report, live.config, extras)
@@ -94,21 +108,35 @@ def status_json(live: LiveState) -> dict:
         "last_round_at": documents.iso_time(live.last_round_at),
         "rounds": dict(live.rounds),
         "switches": live.switches,
+        "trend_bucket_s": trend_s,
     }
     return data
 
 
-def render_page(live: LiveState) -> str:
+def trend(live: LiveState, now: float) -> tuple[float, dict[str, list[series.Bucket]]]:
+    """The last TREND_MARKS buckets per line, each 1.2 probe intervals wide: the scheduler's jitter
+    moves a round by at most a tenth of an interval either way, so no bucket is left without one."""
+    width = live.config.probe.interval * 1.2
+    span = width * TREND_MARKS
+    points = live.store.samples_since(live.store.line_ids(live.config.active_lines), now - span)
+    return width, {name: series.series(found, now, span, TREND_MARKS).buckets for name, found in points.items()}
+
+
+def render_page(live: LiveState, span: str | None = None) -> str:
+    """The page with charts over `span` (a key of SPANS), or by default over the smallest span up to
+    a day that holds the data: a longer one is a click away, and a day is what a refresh can afford."""
     now = time.time()
     report = live.status()
-    line_ids = live.store.line_ids(live.config.active_lines)
-    points = live.store.samples_since(line_ids, now - series.SPAN_S)
-    charts = {name: svg.svg(series.series(points[name], now), f"{name}: time to first byte, last 24 h") for name in points}
+    charts = history(live.config, live.store, SPANS[span] if span else None, now=now, longest=SPANS["24h"])
+    label = series.span_text(charts.span_s)
     return page.render(
         page.Page(
             status=report,
             views=live.views(report),
-            charts=charts,
+            charts={entry.line.name: svg.svg(entry.series, f"{entry.line.name}: time to first byte, last {label}") for entry in charts.lines},
+            span_s=charts.span_s,
+            bucket_s=charts.bucket_s,
+            span_choice=span,
             config_source=str(live.config.source),
             db_path=str(live.store.path),
             rounds=sum(live.rounds.values()),

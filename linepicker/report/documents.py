@@ -137,7 +137,7 @@ def status_json(status: Status, config: Config, line_extras: Mapping[str, Mappin
     }
 
 
-def _bucket_json(bucket: Any) -> dict[str, Any]:
+def bucket_json(bucket: Any) -> dict[str, Any]:
     ok = bucket.samples > bucket.failures
     return {
         "start": iso_time(bucket.start),
@@ -156,7 +156,7 @@ def history_json(history: Any) -> dict[str, Any]:
         "until": iso_time(history.until),
         "bucket_s": round(history.bucket_s, 3),
         "lines": [
-            {"name": entry.line.name, "url": entry.line.url, "buckets": [_bucket_json(b) for b in entry.series.buckets]}
+            {"name": entry.line.name, "url": entry.line.url, "buckets": [bucket_json(b) for b in entry.series.buckets]}
             for entry in history.lines
         ],
         "decisions": [decision_json(d) for d in history.decisions],

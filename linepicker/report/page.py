@@ -17,7 +17,7 @@ from .. import __version__
 from ..picker import Status
 from ..probe.phases import Phases
 from ..store import ChatRow, Decision
-from .history import History
+from .history import SPANS, History
 from .series import Series, span_text
 from .svg import LOSS_COLOURS, svg
 
@@ -30,6 +30,9 @@ class Page:
     status: Status
     views: list[LineView]
     charts: dict[str, str]  # line name -> inline SVG
+    span_s: float  # what the charts cover
+    bucket_s: float
+    span_choice: str | None  # the ?span= asked for; None: fitted to the data
     config_source: str
     db_path: str
     rounds: int
@@ -51,13 +54,24 @@ def render(page: Page) -> str:
 <header><h1>linepicker</h1><p class="muted">{html.escape(socket.gethostname())} · updated {_clock(page.now)}
  · {_last_round(page)} · refreshes every {page.refresh_s} s</p></header>
 {_choice(page.status, page.now)}
+{_spans(page)}
 <section class="lines">{cards}</section>
-{_legend("the last 24 h in 10-minute buckets")}
+{_legend(f"the last {span_text(page.span_s)} in {span_text(page.bucket_s)} buckets")}
 {_decisions(page.status.decisions, page.now)}
 <footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {page.rounds} rounds since start ·
 <a href="api/status">/api/status</a> · <a href="metrics">/metrics</a> · linepicker {__version__}</footer>
 </main></body></html>
 """
+
+
+def _spans(page: Page) -> str:
+    """Links to the other spans; the one shown is plain text, and a fitted one says so."""
+    links = []
+    for key, seconds in SPANS.items():
+        text = span_text(seconds)
+        links.append(f"<b>{text}</b>" if seconds == page.span_s else f'<a href="?span={key}">{text}</a>')
+    fitted = ' <span class="muted">(fitted to the data)</span>' if page.span_choice is None else ""
+    return f'<nav class="spans muted">Charts over: {" · ".join(links)}{fitted}</nav>'
 
 
 def _title(page: Page) -> str:
@@ -68,7 +82,7 @@ def _title(page: Page) -> str:
 def _last_round(page: Page) -> str:
     if page.last_round_at is None:
         return "first round running"
-    return f"last round {_ago(page.last_round_at, page.now)}"
+    return f"last round {ago(page.last_round_at, page.now)}"
 
 
 def _choice(status: Status, now: float) -> str:
@@ -79,7 +93,7 @@ def _choice(status: Status, now: float) -> str:
     since = f"Switched from <b>{html.escape(choice.previous)}</b>" if choice.previous else "Chosen"
     return f"""<section class="choice"><div class="label">Chosen line</div>
 <h2>{html.escape(choice.name)} {pinned}</h2><div class="url">{html.escape(choice.url)}</div>
-<p class="why">{since} {_ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
+<p class="why">{since} {ago(choice.decided_at, now)} ({_clock(choice.decided_at)}): {html.escape(choice.reason)}</p></section>"""
 
 
 def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
@@ -111,7 +125,7 @@ def _chat(chat: ChatRow | None, now: float) -> str:
     """The model call, beside the ping: a line can answer /v1/models and still fail it."""
     if chat is None:
         return ""
-    head = f"model call ({html.escape(chat.model)}, {_ago(chat.started_at, now)})"
+    head = f"model call ({html.escape(chat.model)}, {ago(chat.started_at, now)})"
     if not chat.success:
         return f'<p class="chat">{head}: <span class="error">{html.escape(chat.outcome)}: {html.escape(chat.error or "")}</span></p>\n'
     speed = "" if chat.tokens_per_s is None else f" · {chat.tokens_per_s:.0f} tokens/s"
@@ -133,18 +147,23 @@ def _legend(period: str) -> str:
     swatches = "".join(f'<span><i style="background:{colour}"></i>median, {words}</span>' for _, colour, words in LOSS_COLOURS)
     return f"""<p class="legend muted">Charts: time to first byte over {html.escape(period)}. {swatches}
 <span><i class="smoke"></i>spread p10–p90 (darker p25–p75)</span><span><i class="dead"></i>every sample failed</span>
-<span><i class="failed"></i>failures in the bucket</span></p>"""
+<span><i class="failed"></i>failures in the bucket</span><span><i class="over"></i>median above the scale</span></p>"""
 
 
-def _decisions(decisions: list[Decision], now: float) -> str:
+def _decisions(decisions: list[Decision], now: float | None) -> str:
+    """With `now` (the live page) each time also says how long ago; a file read later gets absolute times only."""
     if not decisions:
         return ""
     rows = "".join(
-        f"<tr><td>{_clock(d.decided_at)}<div class='muted'>{_ago(d.decided_at, now)}</div></td>"
+        f"<tr><td>{_clock(d.decided_at)}{_ago_note(d.decided_at, now)}</td>"
         f"<td>{html.escape(d.previous or '–')} → <b>{html.escape(d.name)}</b></td><td>{html.escape(d.reason)}</td></tr>"
         for d in decisions
     )
     return f'<section class="history"><h2>Recent decisions</h2><table><thead><tr><th>when</th><th>change</th><th>why</th></tr></thead><tbody>{rows}</tbody></table></section>'
+
+
+def _ago_note(timestamp: float, now: float | None) -> str:
+    return "" if now is None else f"<div class='muted'>{ago(timestamp, now)}</div>"
 
 
 def _ms(value: float | None) -> str:
@@ -159,7 +178,15 @@ def _clock(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def _ago(timestamp: float, now: float) -> str:
+def _zone(timestamp: float) -> str:
+    """The local zone a file's times are in, for a reader somewhere else: 'CST, UTC+08:00'."""
+    offset = time.strftime("%z", time.localtime(timestamp))
+    name = time.strftime("%Z", time.localtime(timestamp))
+    utc = f"UTC{offset[:3]}:{offset[3:]}"
+    return utc if name in ("UTC", "GMT", "") else f"{name}, {utc}"
+
+
+def ago(timestamp: float, now: float) -> str:
     seconds = max(now - timestamp, 0)
     if seconds < 90:
         return f"{seconds:.0f} s ago"
@@ -211,11 +238,15 @@ h3 { font-size: 17px; margin: 0; }
 .chart .smoke-inner { fill: #a3adba; }
 .chart .dead { fill: #fde2e2; }
 .chart .strip { fill: #f1f3f5; }
+.chart .over { stroke: #fff; stroke-width: 0.5; }
 .legend { margin: 12px 2px; display:flex; flex-wrap:wrap; gap: 4px 14px; }
 .legend i { display:inline-block; width: 14px; height: 8px; margin-right: 5px; border-radius:2px; vertical-align: middle; }
 .legend i.smoke { background: linear-gradient(#d5dae1 0 25%, #a3adba 25% 75%, #d5dae1 75%); }
 .legend i.dead { background:#fde2e2; border:1px solid #f4b4b4; }
 .legend i.failed { background:#dc2626; height: 4px; }
+.legend i.over { width: 0; height: 0; border-radius: 0; background: none; border: 5px solid transparent; border-bottom: 8px solid var(--ink); border-top: 0; }
+.spans { margin: 0 2px 10px; }
+.spans a { color: var(--accent); }
 .history { background:#fff; border:1px solid var(--line); border-radius:10px; padding:14px 18px; margin-top: 8px; }
 .history table { width:100%; border-collapse: collapse; margin-top: 8px; font-size: 14px; }
 .history th { text-align:left; font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); border-bottom:1px solid var(--line); padding: 4px 8px 4px 0; }
@@ -227,26 +258,28 @@ footer a { color: var(--accent); }
 
 
 def render_report(history: History, config_source: str, now: float) -> str:
-    """The charts of the status page for any period, as one file that opens anywhere, offline, for ever."""
-    span = span_text(history.until - history.since)
-    cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span) for entry in history.lines)
+    """The charts of the status page for any period, as one file that opens anywhere, offline, for ever:
+    so every time in it is absolute, with its zone, and nothing says "ago" or "now"."""
+    span = span_text(history.span_s)
+    end = time.strftime("%b %d %H:%M", time.localtime(history.until))
+    cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span, end) for entry in history.lines)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>linepicker report: last {span}</title>
+<title>linepicker report: {_clock(history.since)} – {_clock(history.until)}</title>
 <style>{CSS}</style></head>
 <body><main>
 <header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(history.since)} – {_clock(history.until)}
- · written {_clock(now)}</p></header>
+ ({span}; times in {_zone(history.until)}) · written {_clock(now)}</p></header>
 <section class="lines">{cards}</section>
-{_legend(f"the last {span} in {span_text(history.bucket_s)} buckets")}
-{_decisions(list(reversed(history.decisions)), now) or '<section class="history"><h2>No switches in this period</h2></section>'}
+{_legend(f"{span} in {span_text(history.bucket_s)} buckets")}
+{_decisions(list(reversed(history.decisions)), None) or '<section class="history"><h2>No switches in this period</h2></section>'}
 <footer class="muted">config {html.escape(config_source)} · linepicker {__version__}</footer>
 </main></body></html>
 """
 
 
-def _report_card(name: str, url: str, series: Series, span: str) -> str:
+def _report_card(name: str, url: str, series: Series, span: str, end: str) -> str:
     buckets = series.buckets
     samples = sum(b.samples for b in buckets)
     failures = sum(b.failures for b in buckets)
@@ -256,5 +289,4 @@ def _report_card(name: str, url: str, series: Series, span: str) -> str:
 <div class="url">{html.escape(url)}</div>
 <dl class="figures">{_figure("best median", _ms(min(medians, default=None)))}{_figure("worst median", _ms(max(medians, default=None)))}
 {_figure("success", _rate((samples - failures) / samples if samples else None))}{_figure("samples", str(samples))}</dl>
-{svg(series, f"{name}: time to first byte, last {span}")}</article>"""
-
+{svg(series, f"{name}: time to first byte, {span} to {end}", end_label=end)}</article>"""

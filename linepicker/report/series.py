@@ -12,9 +12,6 @@ from typing import Sequence
 from ..policy import percentile
 from ..store import HourRow
 
-SPAN_S = 24 * 3600.0
-BUCKETS = 144  # ten minutes each over a day
-
 
 @dataclass(frozen=True)
 class Bucket:
@@ -47,8 +44,8 @@ class Series:
 def series(
     points: Sequence[tuple[float, bool, float | None]],
     now: float,
-    span: float = SPAN_S,
-    count: int = BUCKETS,
+    span: float,
+    count: int,
     hours: Sequence[HourRow] = (),
 ) -> Series:
     """Group (started_at, success, ttfb_ms) points into `count` equal buckets ending now.
@@ -91,6 +88,27 @@ def from_hours(start: float, rows: Sequence[HourRow]) -> Bucket:
     low = min((row.min_ms for row in rows if row.min_ms is not None), default=p50)
     high = max((row.p95_ms for row in rows if row.p95_ms is not None), default=p50)
     return Bucket(start, samples, samples - successes, low, p50, p50, p50, high, rolled_up=True)
+
+
+OUTLIER_GAP = 3.0  # a value this many times the next one down stands alone
+OUTLIER_SHARE = 0.05  # at most this share of the values is left above a scale
+
+
+def robust_top(values: Sequence[float]) -> float:
+    """The largest value worth scaling a chart to, so one 2.4 s spike cannot flatten a 40 → 240 ms slowdown.
+
+    The highest values are left out (to be marked at the top edge) only when they stand more
+    than OUTLIER_GAP times above everything below them, and never more than OUTLIER_SHARE of
+    them: a plateau or a steady climb has no such gap and sets the scale as it should.
+    """
+    ordered = sorted(values, reverse=True)
+    if not ordered:
+        return 0.0
+    most = int(len(ordered) * OUTLIER_SHARE) or (1 if len(ordered) >= 4 else 0)
+    for kept in range(1, most + 1):
+        if ordered[kept] > 0 and ordered[kept - 1] > OUTLIER_GAP * ordered[kept]:
+            return ordered[kept]
+    return ordered[0]
 
 
 def span_text(seconds: float) -> str:

@@ -251,11 +251,12 @@ def config_edited(edit: Any, action: str, as_json: bool) -> None:
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
+OUTLIER = "▲"  # a median above the sparklines' scale
 
 
-def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
-    """Median latency from 0 to `high` (one scale for every line, so they compare at a glance),
-    coloured by failure share; and the failure share itself."""
+def sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
+    """Median latency from 0 to `high` (one scale for every line, so they compare at a glance; series.robust_top
+    keeps a lone spike from setting it), coloured by failure share, ▲ above the scale; and the failure share itself."""
     from rich.text import Text
 
     from .svg import loss_colour
@@ -268,6 +269,8 @@ def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
             continue
         if bucket.samples == bucket.failures:
             latency.append("✗", style="bold red")
+        elif bucket.p50 > high:
+            latency.append(OUTLIER, style=f"bold {loss_colour(bucket.failed_share)}")
         else:
             level = min(len(SPARKS) - 1, int(bucket.p50 / high * len(SPARKS))) if high > 0 else 0
             latency.append(SPARKS[level], style=loss_colour(bucket.failed_share))
@@ -277,20 +280,22 @@ def _sparklines(buckets: list[Any], high: float) -> tuple[Any, Any]:
 
 
 def render_history(history: Any) -> None:
-    from .series import span_text
+    from .series import robust_top, span_text
 
     span = history.until - history.since
-    high = max((b.p50 for e in history.lines for b in e.series.buckets if b.samples > b.failures), default=0.0)
+    medians = [b.p50 for e in history.lines for b in e.series.buckets if b.samples > b.failures]
+    high = robust_top(medians)
+    above = f"; {OUTLIER} above {high:.0f} ms, up to {max(medians):.0f}" if medians and max(medians) > high else ""
     stdout.print(
         f"[bold]last {span_text(span)}[/], one mark per {span_text(history.bucket_s)}: median time to first byte "
-        f"(▁ 0 … █ {high:.0f} ms; [red]✗[/] every sample failed), share of failures below"
+        f"(▁ 0 … █ {high:.0f} ms{above}; [red]✗[/] every sample failed), share of failures below"
     )
     for entry in history.lines:
         buckets = entry.series.buckets
         medians = [b.p50 for b in buckets if b.samples > b.failures]
         samples = sum(b.samples for b in buckets)
         failed = sum(b.failures for b in buckets)
-        latency, failures = _sparklines(buckets, high)
+        latency, failures = sparklines(buckets, high)
         figures = f"{min(medians):.0f}–{max(medians):.0f} ms" if medians else "no success"
         share = f"{failed / samples:.0%} failed" if samples else "never probed"
         stdout.print(f"[bold]{escape(entry.line.name)}[/] {escape(entry.line.url)}  {figures}, {share} of {samples}")
