@@ -231,13 +231,29 @@ def doctor_report(diagnosis: Any, as_json: bool) -> None:
         note("checked the environment" + "".join(f", {path}" for path in diagnosis.checked))
 
 
-def config_written(path: Any, in_force: Any, as_json: bool) -> None:
+def config_written(path: Any, in_force: Any, plain_run_reads: Any, as_json: bool) -> None:
+    """Where the file went, and the first steps after it, the start-up line naming the user's shell."""
+    import shlex
+
+    from ..clientenv import RC_LINES, detect_shell
+
     if as_json:
         print_json({"path": str(path), "in_force": str(in_force)})
         return
     stdout.print(f"wrote {escape(str(path))}: edit it, or use linepicker add/remove")
     if in_force != path:
         warn(f"{in_force} is read first, so the new file is not used while that one exists")
+    flag = "" if plain_run_reads == path else f" --config {shlex.quote(str(path))}"
+    rc_file, rc_line = RC_LINES[detect_shell()]
+    steps = (
+        (f"linepicker add{flag} NAME URL", "once per line (BaseURL) your relay publishes"),
+        (f"linepicker pick{flag}", "probe them and choose one"),
+        (rc_line, f"at the end of {rc_file}: every new shell gets the choice"),
+    )
+    width = max(len(step) for step, _ in steps)
+    stdout.print("next:")
+    for step, why in steps:
+        stdout.print(f"  {escape(step.ljust(width))}  [dim]# {escape(why)}[/]")
 
 
 def config_edited(edit: Any, action: str, as_json: bool) -> None:
