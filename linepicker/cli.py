@@ -59,13 +59,13 @@ def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
 
 
-def _load(config_path: str | None) -> Any:
+def _load(config_path: str | None, with_notes: bool = False) -> Any:
     """Load the config and say on stderr which file it was, as the lookup order can surprise."""
     from .config import load_config
     from .report import terminal
 
     config = load_config(config_path)
-    terminal.config_note(config)
+    terminal.config_note(config, with_notes)
     return config
 
 
@@ -384,7 +384,7 @@ def doctor(config_path: str | None, db_path: str | None, as_json: bool) -> None:
     from .report import terminal
     from .doctor import diagnose
 
-    config = _load(config_path)
+    config = _load(config_path, with_notes=True)
     with _open_store(db_path) as store:
         diagnosis = diagnose(config, store)
     terminal.doctor_report(diagnosis, as_json)

@@ -51,10 +51,14 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def config_note(config: Config) -> None:
+def config_note(config: Config, with_notes: bool = False) -> None:
+    """Which file, and its warnings; its notes (a /v1 taken off a URL) only where the config is inspected,
+    as a valid file must not repeat them on every run."""
     note(f"config: {config.source} ({config.origin})")
     for warning in config.warnings:
         warn(warning)
+    for text in config.notes if with_notes else ():
+        note(f"note: {text}")
 
 
 @contextmanager
