@@ -119,11 +119,22 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
         total = len(config.active_lines) * config.probe.samples
         with terminal.progress(total, show_progress) as on_sample:
             result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose_line=choose, on_sample=on_sample))
+    checks = _client_checks(config, result.chosen, result.target_results)  # none written when nothing was chosen
     if as_json:
-        terminal.print_json(documents.round_json(result, config, with_samples=not choose))
+        terminal.print_json(documents.round_json(result, config, with_samples=not choose, client_checks=checks))
     else:
         terminal.render_round(result, config)
+        terminal.client_warnings(checks)
     return result
+
+
+def _client_checks(config: Any, chosen: Any, written: list[Any]) -> list[Any]:
+    """What keeps a client off the target files just written: said at once, not left for `doctor`."""
+    if chosen is None or not written:
+        return []
+    from .doctor import client_checks
+
+    return client_checks(config, chosen, [target.path for target in written])
 
 
 @cli.command()
@@ -255,10 +266,14 @@ def pin(name: str, config_path: str | None, db_path: str | None, as_json: bool) 
     config = _load(config_path)
     with _open_store(db_path) as store:
         choice, results, errors = picker.pin(config, store, name)
+    checks = _client_checks(config, choice, results)
     if as_json:
-        terminal.print_json({"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors})
+        terminal.print_json(
+            {"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors, "client_checks": [vars(c) for c in checks]}
+        )
     else:
         terminal.stdout.print(f"pinned to {name} ({choice.url}); run 'linepicker unpin' to let the policy choose again")
+        terminal.client_warnings(checks)
     for message in errors:
         terminal.error(message)
     if errors:

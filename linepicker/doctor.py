@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -65,6 +65,21 @@ def diagnose(config: Config, store: Store) -> Diagnosis:
         if line is not None and line.url == choice.url:
             findings += _proxies(config, line)
     return Diagnosis(choice, findings, checked)
+
+
+def client_checks(config: Config, choice: Decision, written: list[Path]) -> list[Finding]:
+    """After `written` target files were brought up to date: what still keeps Claude Code or Codex off them.
+
+    Only the clients linepicker just wrote for are judged, in this process's environment,
+    HOME and directory. A target that could not be written is already an error of its own.
+    """
+    environ, home, cwd = os.environ, Path.home(), Path.cwd()
+    done = {path.resolve() for path in written}
+    codex = tuple(target for target in config.targets.codex if target.path.resolve() in done)
+    findings = _codex(replace(config, targets=replace(config.targets, codex=codex)), environ, [])
+    if any(path.resolve() in done for path in config.targets.claude_settings):
+        findings += _claude_settings(config, home, cwd, environ, choice, [])
+    return findings
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -211,6 +226,17 @@ def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str
     user_dir = Path(environ.get("CLAUDE_CONFIG_DIR") or home / ".claude")
     candidates = [user_dir / "settings.json", cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
     findings = []
+    default = (home / ".claude" / "settings.json").resolve()
+    for target in config.targets.claude_settings:
+        if target.resolve() == default and default != candidates[0].resolve():
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"CLAUDE_CONFIG_DIR is set, so Claude Code reads {candidates[0]}, not {target}",
+                    "environment: CLAUDE_CONFIG_DIR",
+                    f"point targets.claude_settings in {config.source} at $CLAUDE_CONFIG_DIR/settings.json",
+                )
+            )
     seen: set[Path] = set()
     winner: tuple[Path, str, int] | None = None
     for path in candidates:
@@ -276,12 +302,17 @@ def _codex(config: Config, environ: Mapping[str, str], checked: list[str]) -> li
         checked.append(str(target.path))
         selected = data.get("model_provider")
         if selected is not None and selected != target.provider:
+            other = (
+                f"Codex's built-in {selected!r} cannot be pointed at a relay"
+                if selected in CODEX_BUILTIN_PROVIDERS
+                else f"or name {selected!r} as the provider of targets.codex"
+            )
             findings.append(
                 Finding(
                     ERROR,
                     f"Codex uses model_provider = {selected!r}, so the base_url linepicker keeps in [model_providers.{target.provider}] is never read",
                     f"{target.path}:{_line_of(text, _MODEL_PROVIDER)}",
-                    f'set model_provider = "{target.provider}" there (or name {selected!r} as the provider of targets.codex)',
+                    f'set model_provider = "{target.provider}" there ({other})',
                 )
             )
     return findings
