@@ -5,6 +5,8 @@ them alike; the figures are medians. `env` reads a database holding one decision
 Also checks, with `python -X importtime`, that the env path loads none of the heavy
 modules, and that `status` over that database loads none of those it never uses
 (issue 5, #5). Target (issue 5, #4): env <= 1.5x the reference.
+`env --config FILE` (issue 15) must read the config, so it pays for YAML but for
+none of the others: it is timed beside them, without a target.
 
     python bench/run.py startup
 """
@@ -23,6 +25,7 @@ from configs import isolated_env, write_config
 
 HEAVY = ["aiohttp", "apscheduler", "sqlite_utils", "rich", "yaml", "click"]
 NOT_FOR_STATUS = ["aiohttp", "apscheduler", "asyncio", "sqlite_utils"]  # probing, the daemon, writing
+NOT_FOR_ENV_CONFIG = [name for name in HEAVY if name != "yaml"]
 URL = "http://127.0.0.1:9/main"
 
 
@@ -48,10 +51,12 @@ def run(quick: bool = False) -> Result:
         db = Path(tmp) / "lp.db"
         seed_choice(db)
         env = isolated_env(Path(tmp) / "home")
+        config = write_config(Path(tmp) / "lines.yaml", {"main": URL})
         commands = {
             "python3 -c 'import sqlite3'": [sys.executable, "-c", "import sqlite3"],
             "linepicker env": [exe, "env", "--db", str(db)],
             "linepicker --help": [exe, "--help"],
+            "linepicker env --config FILE": [exe, "env", "--db", str(db), "--config", str(config)],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(rounds):
@@ -61,11 +66,15 @@ def run(quick: bool = False) -> Result:
                     raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[:300]}")
                 times[name].append(wall)
         heavy = sorted(set(HEAVY) & loaded_modules([exe, "env", "--db", str(db)], env))
-        config = write_config(Path(tmp) / "lines.yaml", {"main": URL})
+        config_heavy = sorted(set(NOT_FOR_ENV_CONFIG) & loaded_modules([exe, "env", "--db", str(db), "--config", str(config)], env))
         status_heavy = sorted(set(NOT_FOR_STATUS) & loaded_modules([exe, "status", "--config", str(config), "--db", str(db)], env))
-    ref, env_s, help_s = (median(times[n]) for n in commands)
+    ref, env_s, help_s, env_config_s = (median(times[n]) for n in commands)
     result.data.update(
-        rounds=rounds, medians_ms={n: round(median(v) * 1000, 2) for n, v in times.items()}, heavy_on_env_path=heavy, heavy_on_status_path=status_heavy
+        rounds=rounds,
+        medians_ms={n: round(median(v) * 1000, 2) for n, v in times.items()},
+        heavy_on_env_path=heavy,
+        heavy_on_env_config_path=config_heavy,
+        heavy_on_status_path=status_heavy,
     )
     result.check(
         "linepicker env <= 1.5x python3 -c 'import sqlite3' (medians, interleaved)",
@@ -84,6 +93,18 @@ def run(quick: bool = False) -> Result:
         "loaded: " + (", ".join(status_heavy) or "none"),
         "`linepicker status --config FILE --db FILE`, the database up to date",
         not status_heavy,
+    )
+    result.check(
+        f"env --config path loads none of {', '.join(NOT_FOR_ENV_CONFIG)} (python -X importtime)",
+        "loaded: " + (", ".join(config_heavy) or "none"),
+        "`linepicker env --db FILE --config FILE`: the YAML parser is its one extra",
+        not config_heavy,
+    )
+    result.check(
+        "linepicker env --config FILE (reads the config: YAML, no click)",
+        f"{env_config_s * 1000:.1f} ms = {env_config_s / ref:.2f}x",
+        f"python3 -c 'import sqlite3' {ref * 1000:.1f} ms; plain env {env_s * 1000:.1f} ms",
+        None,
     )
     result.check(
         "linepicker --help (click, no asyncio/aiohttp)",

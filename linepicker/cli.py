@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .clientenv import SHELLS
+from .clientenv import RC_LINES, SHELLS
 from .config import DEFAULT_LISTEN
 from .daemon import LOG_LEVELS
 from .errors import ExitStatus, LinepickerError
@@ -59,14 +59,21 @@ def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
 
 
-def _load(config_path: str | None) -> Any:
+def _load(config_path: str | None, with_notes: bool = False) -> Any:
     """Load the config and say on stderr which file it was, as the lookup order can surprise."""
     from .config import load_config
     from .report import terminal
 
     config = load_config(config_path)
-    terminal.config_note(config)
+    terminal.config_note(config, with_notes)
     return config
+
+
+def _load_quietly(config_path: str) -> Any:
+    """For `env`, which runs in every new shell: the config is checked, nothing is said about it."""
+    from .config import load_config
+
+    return load_config(config_path)
 
 
 def _open_store(db_path: str | None) -> Any:
@@ -93,8 +100,8 @@ def cli() -> None:
 
     \b
     Example:
-        linepicker pick                 # probe, choose, record
-        eval "$(linepicker env)"        # export the choice into this shell
+        linepicker pick                           # probe, choose, record
+        eval "$(linepicker env --shell bash)"     # export the choice into this bash
     """
 
 
@@ -112,11 +119,22 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
         total = len(config.active_lines) * config.probe.samples
         with terminal.progress(total, show_progress) as on_sample:
             result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose_line=choose, on_sample=on_sample))
+    checks = _client_checks(config, result.chosen, result.target_results)  # none written when nothing was chosen
     if as_json:
-        terminal.print_json(documents.round_json(result, config, with_samples=not choose))
+        terminal.print_json(documents.round_json(result, config, with_samples=not choose, client_checks=checks))
     else:
         terminal.render_round(result, config)
+        terminal.client_warnings(checks)
     return result
+
+
+def _client_checks(config: Any, chosen: Any, written: list[Any]) -> list[Any]:
+    """What keeps a client off the target files just written: said at once, not left for `doctor`."""
+    if chosen is None or not written:
+        return []
+    from .doctor import client_checks
+
+    return client_checks(config, chosen, [target.path for target in written])
 
 
 @cli.command()
@@ -164,6 +182,8 @@ def probe(config_path: str | None, db_path: str | None, as_json: bool) -> None:
 def status(config_path: str | None, db_path: str | None, as_json: bool) -> None:
     """Show each line's recent record and the current choice, without probing.
 
+    Exit status: 0 a line is chosen, 3 none is yet.
+
     \b
     Example:
         linepicker status --json | jq '.lines[] | {name, success_rate, p50_ms}'
@@ -178,31 +198,49 @@ def status(config_path: str | None, db_path: str | None, as_json: bool) -> None:
         terminal.print_json(documents.status_json(report, config))
     else:
         terminal.render_status(report)
+    if report.choice is None:
+        sys.exit(ExitStatus.NO_ELIGIBLE)
 
 
-@cli.command()
-@click.option("--shell", type=click.Choice(SHELLS), help="Syntax to print (default: from $SHELL).")
+def _rc_examples() -> str:
+    return "\n".join(f"    {where:<28}{line}" for where, line in RC_LINES.values())
+
+
+@cli.command(
+    epilog="\b\nExamples: this line at the end of the shell's start-up file, naming the shell:\n" + _rc_examples()
+)
+@click.option("--shell", type=click.Choice(SHELLS), help="Syntax to print; name it in start-up files (default: from $SHELL, the login shell).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Print the choice only if it is one of this file's lines (else exit 3); without it no config is read.",
+)
 @_db_option
 @_json_option
 @_fails_cleanly
-def env(shell: str | None, db_path: str | None, as_json: bool) -> None:
+def env(shell: str | None, config_path: str | None, db_path: str | None, as_json: bool) -> None:
     """Print exports of the current choice for the shell, without probing.
 
-    \b
-    Example (in ~/.bashrc or ~/.zshrc):
-        eval "$(linepicker env)"
-    fish (in ~/.config/fish/config.fish):
-        linepicker env --shell fish | source
+    The shell is named rather than guessed: $SHELL is the login shell, and a
+    bash started from fish would otherwise get fish syntax and export nothing.
     """
     import json
 
     from .clientenv import client_env, detect_shell, shell_exports
+    from .lastchoice import outside_config
     from .store import read_choice, resolve_db_path
 
+    config = _load_quietly(config_path) if config_path else None
     choice = read_choice(resolve_db_path(db_path))
     if choice is None:
         click.echo(NO_CHOICE, err=True)
         sys.exit(ExitStatus.NO_ELIGIBLE)
+    if config is not None:
+        line = config.line(choice.name)
+        if outside := outside_config(str(config.source), choice.name, choice.url, line.url if line else None):
+            click.echo(outside, err=True)
+            sys.exit(ExitStatus.NO_ELIGIBLE)
     if as_json:
         click.echo(json.dumps({"name": choice.name, "url": choice.url, "env": client_env(choice.url)}, indent=2))
     else:
@@ -228,10 +266,14 @@ def pin(name: str, config_path: str | None, db_path: str | None, as_json: bool) 
     config = _load(config_path)
     with _open_store(db_path) as store:
         choice, results, errors = picker.pin(config, store, name)
+    checks = _client_checks(config, choice, results)
     if as_json:
-        terminal.print_json({"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors})
+        terminal.print_json(
+            {"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors, "client_checks": [vars(c) for c in checks]}
+        )
     else:
         terminal.stdout.print(f"pinned to {name} ({choice.url}); run 'linepicker unpin' to let the policy choose again")
+        terminal.client_warnings(checks)
     for message in errors:
         terminal.error(message)
     if errors:
@@ -357,7 +399,7 @@ def doctor(config_path: str | None, db_path: str | None, as_json: bool) -> None:
     from .report import terminal
     from .doctor import diagnose
 
-    config = _load(config_path)
+    config = _load(config_path, with_notes=True)
     with _open_store(db_path) as store:
         diagnosis = diagnose(config, store)
     terminal.doctor_report(diagnosis, as_json)
@@ -376,11 +418,12 @@ def init(config_path: str | None, as_json: bool) -> None:
     Example:
         linepicker init && linepicker add hk https://hk.example-relay.com
     """
-    from .report import terminal
+    from .config import find_config
     from .configedit import init as write_starter
+    from .report import terminal
 
     path, in_force = write_starter(config_path)
-    terminal.config_written(path, in_force, as_json)
+    terminal.config_written(path, in_force, find_config(None)[0], as_json)
 
 
 @cli.command()

@@ -10,6 +10,19 @@ import os
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "cmd")
 
+# The start-up line for each shell, and where it goes. Each names its shell: $SHELL is the login
+# shell, not the one reading the file, so a bash started from fish would get fish syntax otherwise.
+RC_LINES = {
+    "bash": ("~/.bashrc", 'eval "$(linepicker env --shell bash)"'),
+    "zsh": ("~/.zshrc", 'eval "$(linepicker env --shell zsh)"'),
+    "fish": ("~/.config/fish/config.fish", "linepicker env --shell fish | source"),
+    "powershell": ("$PROFILE", "linepicker env --shell powershell | Out-String | Invoke-Expression"),
+    "cmd": ("an AutoRun .cmd file", "for /f \"delims=\" %%i in ('linepicker env --shell cmd') do %%i"),
+}
+
+# Shells that read the same export syntax: bash's exports are zsh's too (and sh's).
+SYNTAX = {"bash": "posix", "zsh": "posix", "fish": "fish", "powershell": "powershell", "cmd": "cmd"}
+
 
 def client_env(url: str) -> dict[str, str]:
     """What each client reads: the OpenAI SDKs want /v1, Claude Code the bare host."""
@@ -47,7 +60,7 @@ def _fish_quote(value: str) -> str:
 
 
 def detect_shell() -> str:
-    """Guess from $SHELL so that `eval "$(linepicker env)"` works without a flag in fish too."""
+    """The fallback when --shell is not given: $SHELL names the login shell, which is often, not always, the one asking."""
     name = os.path.basename(os.environ.get("SHELL", "").rstrip("/\\"))
     if name in SHELLS:
         return name

@@ -123,6 +123,7 @@ class Config:
     retention: RetentionSettings = RetentionSettings()
     on_switch: tuple[str, ...] = ()  # argv run when the choice changes; never through a shell
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)  # normalised input: worth saying where the file is inspected, not on every run
 
     @property
     def active_lines(self) -> tuple[Line, ...]:
@@ -277,6 +278,7 @@ class _Validator:
         self.path = path
         self.origin = origin
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def fail(self, node: yaml.Node | None, message: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
@@ -284,6 +286,9 @@ class _Validator:
 
     def warn(self, node: yaml.Node, message: str) -> None:
         self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
+
+    def note(self, node: yaml.Node, message: str) -> None:
+        self.notes.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
 
     def mapping(self, node: yaml.Node, what: str, allowed: set[str]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
@@ -386,6 +391,7 @@ class _Validator:
             retention=self.retention(top.get("retention")),
             on_switch=self.command(top["on_switch"]) if "on_switch" in top else (),
             warnings=tuple(self.warnings),
+            notes=tuple(self.notes),
         )
 
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
@@ -496,7 +502,7 @@ class _Validator:
         path = parts.path.rstrip("/")
         if path.endswith("/v1"):
             path = path[: -len("/v1")]
-            self.warn(node, f"url {raw!r} ends in /v1: using {parts.scheme}://{parts.netloc}{path} (linepicker adds /v1 where a client needs it)")
+            self.note(node, f"url {raw!r} ends in /v1: using {parts.scheme}://{parts.netloc}{path} (linepicker adds /v1 where a client needs it)")
         return f"{parts.scheme}://{parts.netloc}{path}"
 
     def split_url(self, node: yaml.Node, raw: str, what: str) -> SplitResult:

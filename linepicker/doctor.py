@@ -15,22 +15,19 @@ import os
 import re
 import tomllib
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .config import Config, Line
-from .clientenv import client_env
+from .config import CODEX_BUILTIN_PROVIDERS, Config, Line
+from .clientenv import RC_LINES, SHELLS, SYNTAX, client_env, detect_shell
 from .probe.outcomes import AUTH
 from .probe.timing import proxy_for
 from .store import Decision, Store
 
 ERROR = "error"  # a client does not use the chosen line now
 WARNING = "warning"  # it will not follow the next switch, or may not reach the line the way it was measured
-
-EVAL_POSIX = 'eval "$(linepicker env 2>/dev/null)"'
-EVAL_FISH = "linepicker env --shell fish 2>/dev/null | source"
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,21 @@ def diagnose(config: Config, store: Store) -> Diagnosis:
     return Diagnosis(choice, findings, checked)
 
 
+def client_checks(config: Config, choice: Decision, written: list[Path]) -> list[Finding]:
+    """After `written` target files were brought up to date: what still keeps Claude Code or Codex off them.
+
+    Only the clients linepicker just wrote for are judged, in this process's environment,
+    HOME and directory. A target that could not be written is already an error of its own.
+    """
+    environ, home, cwd = os.environ, Path.home(), Path.cwd()
+    done = {path.resolve() for path in written}
+    codex = tuple(target for target in config.targets.codex if target.path.resolve() in done)
+    findings = _codex(replace(config, targets=replace(config.targets, codex=codex)), environ, [])
+    if any(path.resolve() in done for path in config.targets.claude_settings):
+        findings += _claude_settings(config, home, cwd, environ, choice, [])
+    return findings
+
+
 def _same_url(a: str, b: str) -> bool:
     return a.strip().rstrip("/") == b.rstrip("/")
 
@@ -84,19 +96,22 @@ def _environment(environ: Mapping[str, str], expected: dict[str, str]) -> list[F
                     ERROR,
                     f"{name}={actual} is exported in this shell, not the chosen {value}",
                     f"environment: {name}",
-                    f"run: {EVAL_POSIX}  (or open a new shell); if it comes back, a shell start-up file or a parent process sets it",
+                    f"run: {RC_LINES[detect_shell()][1]}  (or open a new shell); if it comes back, a shell start-up file or a parent process sets it",
                 )
             )
     return findings
 
 
 def _rc_families(home: Path, environ: Mapping[str, str]) -> list[tuple[str, list[Path]]]:
-    """Each shell's start-up files in the order it reads them, as a later `linepicker env` overrides an earlier fixed value."""
+    """Each shell's start-up files in the order it reads them, as a later `linepicker env` overrides an earlier fixed value.
+
+    ~/.profile is read by sh too, which takes bash's export syntax.
+    """
     config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
     zdot = Path(environ.get("ZDOTDIR") or home)
     return [
-        ("posix", [home / ".profile", home / ".bash_profile", home / ".bash_login", home / ".bashrc"]),
-        ("posix", [zdot / ".zshenv", zdot / ".zprofile", zdot / ".zshrc"]),
+        ("bash", [home / ".profile", home / ".bash_profile", home / ".bash_login", home / ".bashrc"]),
+        ("zsh", [zdot / ".zshenv", zdot / ".zprofile", zdot / ".zshrc"]),
         ("fish", [config_home / "fish" / "config.fish"]),
     ]
 
@@ -104,6 +119,8 @@ def _rc_families(home: Path, environ: Mapping[str, str]) -> list[tuple[str, list
 _NAMES = "OPENAI_BASE_URL|OPENAI_API_BASE|ANTHROPIC_BASE_URL"
 _POSIX_SET = re.compile(rf"^\s*(?:export\s+|declare\s+-x\s+|typeset\s+-x\s+)?({_NAMES})=(.*)$")
 _FISH_SET = re.compile(rf"^\s*set\s+((?:-\S+\s+)*)({_NAMES})\s+(.*)$")
+_ENV_CALL = re.compile(r"\blinepicker\b.*\benv\b")
+_SHELL_FLAG = re.compile(r"--shell(?:=|\s+)['\"]?(\w+)")
 
 
 @dataclass(frozen=True)
@@ -116,7 +133,8 @@ class _Assignment:
 
 def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] | None, checked: list[str]) -> list[Finding]:
     findings = []
-    for syntax, paths in _rc_families(home, environ):
+    for shell, paths in _rc_families(home, environ):
+        syntax = SYNTAX[shell]
         fixed: list[tuple[_Assignment, int]] = []  # each with its position in the family's reading order
         last_eval = -1
         for order, path in enumerate(paths):
@@ -130,8 +148,11 @@ def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] |
                 if not stripped or stripped.startswith("#"):
                     continue
                 position = order * 1_000_000 + number
-                if re.search(r"\blinepicker\b.*\benv\b", stripped):
-                    last_eval = position
+                if _ENV_CALL.search(stripped):
+                    if wrong := _wrong_shell(stripped, shell, f"{path}:{number}"):
+                        findings.append(wrong)  # it exports nothing, so it overrides nothing
+                    else:
+                        last_eval = position
                     continue
                 assignment = _fixed_assignment(path, number, raw, syntax)
                 if assignment:
@@ -139,8 +160,27 @@ def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] |
         for assignment, position in fixed:
             if position < last_eval:
                 continue  # a later `linepicker env` in this shell's start-up overrides it
-            findings.append(_rc_finding(assignment, syntax, expected))
+            findings.append(_rc_finding(assignment, shell, expected))
     return findings
+
+
+def _wrong_shell(call: str, shell: str, where: str) -> Finding | None:
+    """A `linepicker env` line whose output this shell cannot run: another shell's syntax exports nothing.
+
+    Without --shell the syntax follows $SHELL, the login shell, which need not be the shell reading the file.
+    """
+    named = _SHELL_FLAG.search(call)
+    printed = named.group(1) if named else detect_shell()
+    if printed not in SHELLS or SYNTAX[printed] == SYNTAX[shell]:
+        return None
+    login = os.environ.get("SHELL")
+    how = f"--shell {printed}" if named else (f"$SHELL={login}" if login else "$SHELL unset") + ", and no --shell"
+    return Finding(
+        ERROR,
+        f"this `linepicker env` prints {printed} syntax here ({how}), which {shell} cannot run: nothing is exported",
+        where,
+        f"replace it with: {RC_LINES[shell][1]}",
+    )
 
 
 def _fixed_assignment(path: Path, number: int, raw: str, syntax: str) -> _Assignment | None:
@@ -171,8 +211,8 @@ def _fixed_assignment(path: Path, number: int, raw: str, syntax: str) -> _Assign
     return _Assignment(path, number, name, value) if value else None
 
 
-def _rc_finding(assignment: _Assignment, syntax: str, expected: dict[str, str] | None) -> Finding:
-    line = EVAL_FISH if syntax == "fish" else EVAL_POSIX
+def _rc_finding(assignment: _Assignment, shell: str, expected: dict[str, str] | None) -> Finding:
+    line = RC_LINES[shell][1]
     where = f"{assignment.path}:{assignment.line}"
     fix = f"delete that line and end the file with: {line}"
     if expected and _same_url(assignment.value, expected[assignment.name]):
@@ -186,6 +226,17 @@ def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str
     user_dir = Path(environ.get("CLAUDE_CONFIG_DIR") or home / ".claude")
     candidates = [user_dir / "settings.json", cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
     findings = []
+    default = (home / ".claude" / "settings.json").resolve()
+    for target in config.targets.claude_settings:
+        if target.resolve() == default and default != candidates[0].resolve():
+            findings.append(
+                Finding(
+                    WARNING,
+                    f"CLAUDE_CONFIG_DIR is set, so Claude Code reads {candidates[0]}, not {target}",
+                    "environment: CLAUDE_CONFIG_DIR",
+                    f"point targets.claude_settings in {config.source} at $CLAUDE_CONFIG_DIR/settings.json",
+                )
+            )
     seen: set[Path] = set()
     winner: tuple[Path, str, int] | None = None
     for path in candidates:
@@ -251,12 +302,17 @@ def _codex(config: Config, environ: Mapping[str, str], checked: list[str]) -> li
         checked.append(str(target.path))
         selected = data.get("model_provider")
         if selected is not None and selected != target.provider:
+            other = (
+                f"Codex's built-in {selected!r} cannot be pointed at a relay"
+                if selected in CODEX_BUILTIN_PROVIDERS
+                else f"or name {selected!r} as the provider of targets.codex"
+            )
             findings.append(
                 Finding(
                     ERROR,
                     f"Codex uses model_provider = {selected!r}, so the base_url linepicker keeps in [model_providers.{target.provider}] is never read",
                     f"{target.path}:{_line_of(text, _MODEL_PROVIDER)}",
-                    f'set model_provider = "{target.provider}" there (or name {selected!r} as the provider of targets.codex)',
+                    f'set model_provider = "{target.provider}" there ({other})',
                 )
             )
     return findings

@@ -4,6 +4,7 @@
 more than starting Python: standard library modules that are cheap to import
 (os, sys, sqlite3 through lastchoice), no click, pathlib or dataclasses. Anything it does not
 recognise, `--help` included, goes to the full CLI, which gives the same answers.
+`--config FILE` costs the YAML parser (the choice must be one of that file's lines), still no click.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from .clientenv import SHELLS, detect_shell, shell_exports
 from .errors import ExitStatus, LinepickerError
-from .lastchoice import NO_CHOICE, last_choice
+from .lastchoice import NO_CHOICE, last_choice, outside_config
 
 def _quick_db_path(explicit: str | None) -> str | None:
     """--db, LINEPICKER_DB, else platformdirs' user data dir on Linux; None: leave it to platformdirs.
@@ -36,21 +37,21 @@ def _quick_db_path(explicit: str | None) -> str | None:
 
 
 def _quick_env_args(argv: list[str]) -> dict[str, str] | None:
-    """The options of a plain `env` call (--shell, --db), or None for anything the full CLI should judge."""
+    """The options of a plain `env` call (--shell, --db, --config), or None for anything the full CLI should judge."""
     if not argv or argv[0] != "env":
         return None
     found: dict[str, str] = {}
     rest = argv[1:]
     while rest:
         option, has_value, value = rest.pop(0).partition("=")
-        if option not in ("--shell", "--db") or option in found:
+        if option not in ("--shell", "--db", "--config") or option in found:
             return None
         if not has_value:
             if not rest:
                 return None
             value = rest.pop(0)
         found[option] = value
-    if found.get("--shell", "bash") not in SHELLS or os.path.isdir(found.get("--db", "")):
+    if found.get("--shell", "bash") not in SHELLS or any(os.path.isdir(found.get(option, "")) for option in ("--db", "--config")):
         return None  # click explains these as usage errors
     return found
 
@@ -61,6 +62,7 @@ def _quick_env(options: dict[str, str]) -> int | None:
     if path is None:
         return None
     try:
+        config = _config_lines(options["--config"]) if options.get("--config") else None
         row = last_choice(path)
     except LinepickerError as exc:
         print(f"linepicker: error: {exc}", file=sys.stderr)
@@ -68,8 +70,20 @@ def _quick_env(options: dict[str, str]) -> int | None:
     if row is None:
         print(NO_CHOICE, file=sys.stderr)
         return ExitStatus.NO_ELIGIBLE
+    if config is not None and (outside := outside_config(config[0], row[0], row[1], config[1].get(row[0]))):
+        print(outside, file=sys.stderr)
+        return ExitStatus.NO_ELIGIBLE
     sys.stdout.write(shell_exports(row[1], options.get("--shell") or detect_shell()))
     return ExitStatus.OK
+
+
+def _config_lines(path: str) -> tuple[str, dict[str, str]]:
+    """The config's file name and its lines' URLs by name. Read only when asked for:
+    YAML is the one import a plain `env` must not pay."""
+    from .config import load_config
+
+    config = load_config(path)
+    return str(config.source), {line.name: line.url for line in config.lines}
 
 
 def main() -> None:

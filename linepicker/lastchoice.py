@@ -45,3 +45,16 @@ def file_uri(path: str) -> str:
     absolute = os.path.abspath(path).replace(os.sep, "/")
     escaped = absolute.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     return "file://" + ("" if escaped.startswith("/") else "/") + escaped
+
+
+def outside_config(source: str, name: str, url: str, url_there: str | None) -> str | None:
+    """Why the last choice (`name` at `url`) cannot be handed out for the config at `source`, whose
+    line of that name has `url_there` (None: no such line); None when it can.
+
+    One database may hold another relay's choice, or a line since removed or moved:
+    `env --config` must not export a URL that config does not name.
+    """
+    if url_there == url:
+        return None
+    moved = f" (its url there is now {url_there})" if url_there is not None else ""
+    return f"linepicker: the last choice, {name} at {url}, is not a line of {source}{moved}: run 'linepicker pick --config {source}'"

@@ -19,7 +19,7 @@ PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy"
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's own config, database, proxy or key."""
-    for name in PROXY_VARS + ["OPENAI_API_KEY", "LINEPICKER_CONFIG", "LINEPICKER_DB", "SHELL"]:
+    for name in PROXY_VARS + ["OPENAI_API_KEY", "LINEPICKER_CONFIG", "LINEPICKER_DB", "SHELL", "CODEX_HOME", "CLAUDE_CONFIG_DIR", "LINEPICKER_DEBUG_SCHEDULER"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))

@@ -304,3 +304,113 @@ def test_a_relay_s_error_text_is_printed_as_sent(server: ServerThread, write_con
     line = start_raw_server(server, replies(head("502 Bad Gateway", content_type="text/html", content_length=len(page)) + page))
     result = run("probe", "--config", str(write_config({"odd": line})))
     assert title in result.stdout, result.stdout
+
+
+# ---------------------------------------------------------------- what a first run and a bad round say
+
+
+UNRESOLVABLE = "https://" + ".".join(["x" * 60] * 5) + ".invalid"  # longer than DNS allows: refused by the resolver itself, no query sent
+
+
+@pytest.mark.parametrize(
+    "lines, cause",
+    [
+        ({"a": UNRESOLVABLE, "b": UNRESOLVABLE + "x"}, "no line's host name resolved: check the network, then the URLs in"),
+        ({"a": "refused", "b": UNRESOLVABLE}, "no line could be reached (dns, refused): check the network"),
+        ({"a": "block", "b": "block"}, "every line answered with a page that is not the API"),
+        ({"a": "auth", "b": "auth"}, "every line refused the key in $OPENAI_API_KEY"),
+    ],
+)
+def test_no_eligible_line_names_the_likely_cause(
+    lines: dict[str, str], cause: str, relay: Relay, write_config, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    urls = {
+        name: refused_url() if how == "refused" else how if how.startswith("https://") else relay.url(name, mode=how, key="another key")
+        for name, how in lines.items()
+    }
+    config = write_config(urls, key_env="OPENAI_API_KEY")
+
+    result = run("pick", "--config", str(config))
+    data = stdout_json(run("pick", "--config", str(config), "--json"))
+
+    assert result.exit_code == 3
+    assert f"likely cause: {cause}" in result.stdout
+    assert cause in data["hint"]
+    assert SECRET not in result.output + json.dumps(data)
+
+
+def test_mixed_failures_are_not_given_a_made_up_cause(relay: Relay, write_config, run) -> None:
+    config = write_config({"a": relay.url("a", mode="block"), "b": relay.url("b", mode="html502")})
+    result = run("pick", "--config", str(config))
+    assert result.exit_code == 3 and "likely cause" not in result.stdout
+    assert stdout_json(run("pick", "--config", str(config), "--json"))["hint"] is None
+
+
+def test_the_bundled_example_config_points_at_init_and_add(write_config, tmp_path: Path, db_path: Path) -> None:
+    """The README's first run offline: the bundled config (here with a line that cannot be resolved, as offline)."""
+    import asyncio
+
+    from linepicker import picker
+    from linepicker.config import parse_config
+    from linepicker.report.documents import round_json
+    from linepicker.store import Store
+
+    config = parse_config(f"lines:\n  - name: main\n    url: {UNRESOLVABLE}\n", tmp_path / "lines.yaml", "bundled default")
+    with Store(db_path) as store:
+        result = asyncio.run(picker.run_round(config, store, "pick"))
+    hint = round_json(result, config, with_samples=False)["hint"]
+    assert hint.startswith("no line's host name resolved")
+    assert "bundled example config: run 'linepicker init', then 'linepicker add NAME URL'" in hint
+
+
+def test_the_v1_note_is_not_repeated_on_every_run_but_doctor_says_it(relay: Relay, write_config, run) -> None:
+    config = write_config({"a": relay.url("a") + "/v1"})
+    for command in ("pick", "status", "probe"):
+        result = run(command, "--config", str(config))
+        assert "/v1" not in result.stderr, f"{command}: a valid config is not warned about on every run"
+    doctor = run("doctor", "--config", str(config))
+    assert f"{config}:" in doctor.stderr and "ends in /v1" in doctor.stderr
+
+
+# ---------------------------------------------------------------- status, counts, piped tables
+
+
+def test_status_exits_3_until_a_line_is_chosen(relay: Relay, write_config, run) -> None:
+    config = write_config({"a": relay.url("a")})
+    for args in ((), ("--json",)):
+        before = run("status", "--config", str(config), *args)
+        assert before.exit_code == 3, before.output
+    assert "No line chosen yet" in run("status", "--config", str(config)).stdout
+    assert stdout_json(run("status", "--config", str(config), "--json"))["chosen"] is None
+    assert run("pick", "--config", str(config)).exit_code == 0
+    assert run("status", "--config", str(config)).exit_code == 0
+    assert run("status", "--config", str(config), "--json").exit_code == 0
+
+
+def test_one_line_is_counted_as_one_line(relay: Relay, write_config, run, tmp_path: Path) -> None:
+    config = write_config({"a": relay.url("a")})
+    assert "1 line, " in run("pick", "--config", str(config)).stdout
+    assert "1 decision" in run("history", "--config", str(config)).stdout
+    report = run("report", "--html", str(tmp_path / "r.html"), "--config", str(config))
+    assert "1 line, 1 decision," in report.stdout
+    assert "1 lines" not in report.stdout + run("pick", "--config", str(config)).stdout
+
+
+def test_piped_tables_keep_every_cell_whole(relay: Relay, write_config, db_path: Path) -> None:
+    """Through a real pipe, not a terminal: rich would assume 80 columns and cut cells short."""
+    names = ["a-line-with-a-long-name-from-the-dashboard", "b-line-with-a-long-name-from-the-dashboard", "c-slow-one-that-is-left-unfinished"]
+    config = write_config(
+        {names[0]: relay.url("fast", delay_ms=5), names[1]: relay.url("block", mode="block"), names[2]: relay.url("slow", mode="hang")}
+    )
+    piped = subprocess.run(
+        [os.environ.get("PYTHON", __import__("sys").executable), "-m", "linepicker", "pick", "--config", str(config), "--db", str(db_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    rows = [line for line in piped.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 3 and max(len(line) for line in piped.stdout.splitlines()) > 80
+    for name in names:
+        assert f" {name} " in piped.stdout
+    assert "…" not in piped.stdout
+    assert "not_api ×3" in piped.stdout and "unfinished" in piped.stdout

@@ -245,3 +245,58 @@ def test_bad_client_targets_are_config_errors_naming_the_line(run, tmp_path: Pat
     assert result.stderr.startswith(f"linepicker: error: {config}:{line}: "), result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- what keeps a client off the files just written
+
+
+def test_pick_warns_when_codex_will_not_read_the_table_it_wrote(relay: Relay, write_config, run, tmp_path: Path) -> None:
+    """`updated: config.toml` alone read as success while Codex talked to another provider."""
+    codex = tmp_path / "config.toml"
+    codex.write_text('model_provider = "other"\n\n[model_providers.other]\nbase_url = "https://other.example/v1"\n')
+    config = write_config({"a": relay.url("a")}, targets={"codex": "config.toml"})
+
+    result = run("pick", "--config", str(config))
+
+    assert result.exit_code == 0, "a warning, not a failure: the file was written"
+    assert f"updated: {codex}" in result.stdout
+    assert "warning: Codex uses model_provider = 'other', so the base_url linepicker keeps in [model_providers.linepicker] is never read" in result.stderr
+    assert f"at:  {codex}:1" in result.stderr
+    [check] = stdout_json(run("pick", "--config", str(config), "--json"))["client_checks"]
+    assert check["where"] == f"{codex}:1" and check["fix"].startswith('set model_provider = "linepicker"')
+
+
+def test_pick_says_nothing_when_codex_selects_our_table(relay: Relay, write_config, run, tmp_path: Path) -> None:
+    config = write_config({"a": relay.url("a")}, targets={"codex": "config.toml"})
+    result = run("pick", "--config", str(config), "--json")
+    assert result.exit_code == 0 and stdout_json(result)["client_checks"] == []
+    assert "warning" not in result.stderr
+
+
+def test_pick_and_pin_warn_when_a_project_settings_file_overrides_claude_settings(relay: Relay, write_config, run, tmp_path: Path) -> None:
+    """Claude Code takes .claude/settings.local.json of the project over ~/.claude/settings.json, which linepicker wrote."""
+    user_settings = Path(os.environ["HOME"]) / ".claude" / "settings.json"
+    project = tmp_path / ".claude" / "settings.local.json"  # conftest runs in tmp_path: the project directory
+    project.parent.mkdir()
+    project.write_text('{\n  "env": {\n    "ANTHROPIC_BASE_URL": "https://pinned-by-hand.example"\n  }\n}\n')
+    config = write_config({"a": relay.url("a"), "b": relay.url("b", delay_ms=60)}, targets={"claude_settings": str(user_settings)})
+
+    picked = run("pick", "--config", str(config))
+    pinned = run("pin", "b", "--config", str(config), "--json")
+
+    assert picked.exit_code == 0 and pinned.exit_code == 0
+    assert f"updated: {user_settings}" in picked.stdout
+    assert "Claude Code uses ANTHROPIC_BASE_URL=https://pinned-by-hand.example from this file" in picked.stderr
+    assert f"at:  {project}:3" in picked.stderr
+    [check] = stdout_json(pinned)["client_checks"]
+    assert check["where"] == f"{project}:3" and relay.url("b") in check["what"]
+    project.write_text("{}\n")
+    assert stdout_json(run("pin", "a", "--config", str(config), "--json"))["client_checks"] == []
+
+
+def test_claude_config_dir_elsewhere_is_said_after_writing_the_default_file(relay: Relay, write_config, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-elsewhere"))
+    config = write_config({"a": relay.url("a")}, targets={"claude_settings": "~/.claude/settings.json"})
+    [check] = stdout_json(run("pick", "--config", str(config), "--json"))["client_checks"]
+    assert check["where"] == "environment: CLAUDE_CONFIG_DIR"
+    assert f"Claude Code reads {tmp_path / 'claude-elsewhere' / 'settings.json'}" in check["what"]

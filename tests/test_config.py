@@ -152,17 +152,19 @@ def test_utf8_bom_and_crlf_config_loads(cfg: Path) -> None:
         ("https://a.example/api/v1", "https://a.example/api"),
     ],
 )
-def test_url_ending_in_v1_is_stripped_with_a_warning_naming_its_line(cfg: Path, raw: str, url: str) -> None:
+def test_url_ending_in_v1_is_stripped_with_a_note_naming_its_line(cfg: Path, raw: str, url: str) -> None:
+    """A note, not a warning: the file is valid and works, so a run does not repeat it (doctor and the daemon's start say it)."""
     config = parse(f"key_env: K\nlines:\n  - name: ok\n    url: https://ok.example\n  - name: a\n    url: {raw}\n", cfg)
     assert config.lines[1].url == url
-    [warning] = config.warnings
-    assert warning.startswith(f"{cfg}:6: ") and "/v1" in warning and "\n" not in warning
+    [note] = config.notes
+    assert note.startswith(f"{cfg}:6: ") and "/v1" in note and "\n" not in note
+    assert config.warnings == ()
 
 
 @pytest.mark.parametrize("raw, url", [("https://a.example/", "https://a.example"), ("https://a.example/v10", "https://a.example/v10")])
 def test_other_paths_are_kept_without_warning(cfg: Path, raw: str, url: str) -> None:
     config = parse(f"lines:\n  - name: a\n    url: {raw}\n", cfg)
-    assert config.lines[0].url == url and config.warnings == ()
+    assert config.lines[0].url == url and config.warnings == () and config.notes == ()
 
 
 def test_relative_targets_follow_the_config_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

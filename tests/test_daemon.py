@@ -479,3 +479,80 @@ def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: 
     assert dom.count("certificate NOT checked") == 1, "the insecure line is marked on the page"
     assert "all " in dom and "samples failed" in dom, "c's outage shows as failed buckets in its chart"
     assert shot.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- what the log says, and how often
+
+
+def overlapping_daemon_log(relay: Relay, write_config, db_path: Path, rounds: int) -> str:
+    """A daemon at debug level whose rounds take longer than probe.interval (a line hangs to the 1 s timeout)."""
+    config = write_config({"a": relay.url("a") + "/v1", "slow": relay.url("slow", mode="hang")}, probe=FAST)
+    process = start_daemon_process(config, db_path, "--listen", "off", "--log-level", "debug")
+    try:
+        wait_for_rounds(db_path, rounds, timeout=30)
+        process.send_signal(signal.SIGHUP)  # a reload of the same file says nothing new about it
+        time.sleep(0.5)
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    return err
+
+
+def test_an_overlapping_round_is_said_once_in_linepicker_s_words(relay: Relay, write_config, db_path: Path) -> None:
+    err = overlapping_daemon_log(relay, write_config, db_path, rounds=4)
+
+    assert err.count("round skipped: the previous one is still running") == 1, err
+    assert "maximum number of running instances" not in err and "Daemon._job" not in err
+    assert "executed successfully" not in err and "Running job" not in err and "Looking for jobs" not in err
+    assert "DEBUG daemon round 1 on a, slow: " in err, "debug still shows every round"
+    [note] = [line for line in err.splitlines() if "ends in /v1" in line]
+    assert " INFO config: " in note, "said once at start, as information: the config is valid"
+
+
+def test_the_scheduler_s_own_log_is_there_on_request(relay: Relay, write_config, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEPICKER_DEBUG_SCHEDULER", "1")
+    err = overlapping_daemon_log(relay, write_config, db_path, rounds=2)
+    assert "executed successfully" in err and "maximum number of running instances" in err
+
+
+def test_the_daemon_logs_what_keeps_a_client_off_the_file_it_wrote(
+    relay: Relay, write_config, db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    codex = tmp_path / "config.toml"
+    codex.write_text('model_provider = "other"\n')
+    config = write_config({"a": relay.url("a")}, probe=FAST, targets={"codex": str(codex)})
+    daemon = make_daemon(config, db_path)
+    caplog.set_level("INFO", logger="linepicker")
+
+    serving(daemon, lambda: until(lambda: chosen(daemon) == "a", what="a first choice"))
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("Codex uses model_provider = 'other'" in message and f"{codex}:1" in message for message in warnings), warnings
+
+
+def test_a_skip_is_said_again_only_after_a_calm_spell(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """APScheduler's own events, as its scheduler sends them; the calm spell shortened from 10 minutes."""
+    import datetime as dt
+
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
+
+    from linepicker.daemon.runner import SchedulerLog
+
+    monkeypatch.setattr(SchedulerLog, "CALM_S", 0.3)
+    said = SchedulerLog()
+    caplog.set_level("WARNING", logger="linepicker")
+    now = dt.datetime.now(dt.timezone.utc)
+    for _ in range(3):
+        said(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "round", "default", [now]))
+        said(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "recheck", "default", [now]))
+    time.sleep(0.4)
+    said(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, "round", "default", [now]))
+    said(JobExecutionEvent(EVENT_JOB_MISSED, "retention", "default", now))
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 4, messages
+    assert messages[0].startswith("round skipped: the previous one is still running (said again only after 0.3s without a skip)")
+    assert messages[1].startswith("recheck skipped: the previous one is still running")
+    assert messages[2].endswith("; 2 more runs skipped after this was last said)")
+    assert messages[3].startswith(f"retention skipped: it was due at {now:%H:%M:%S} UTC and could not start in time")

@@ -237,3 +237,13 @@ def test_codex_selecting_another_provider(relay: Relay, write_config, run, tmp_p
     monkeypatch.setenv("CODEX_HOME", str(tmp_path / "elsewhere"))
     finding = only(doctor(run, config))
     assert finding["where"] == "environment: CODEX_HOME" and "Codex reads" in finding["what"]
+
+
+def test_claude_config_dir_away_from_the_settings_target(chosen, run, write_config, relay: Relay, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, url = chosen
+    config = write_config({"a": url}, targets={"claude_settings": "~/.claude/settings.json"})
+    assert run("pick", "--config", str(config)).exit_code == 0
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "elsewhere"))
+    finding = only(doctor(run, config))
+    assert finding["severity"] == "warning" and finding["where"] == "environment: CLAUDE_CONFIG_DIR"
+    assert finding["fix"] == f"point targets.claude_settings in {config} at $CLAUDE_CONFIG_DIR/settings.json"

@@ -114,3 +114,65 @@ def test_anything_else_is_answered_by_click(argv: list[str], tmp_path: Path, mon
     chosen(tmp_path / "lp.db")
     argv = [a.replace(".", str(tmp_path)) if a == "." else a for a in argv]
     assert console_script(argv, monkeypatch, capsys) == click_cli(argv)
+
+
+# ---------------------------------------------------------------- env --config
+
+
+@pytest.mark.parametrize(
+    "lines, shown",
+    [
+        ({"main": URL, "other": "https://other.example"}, "exports"),
+        ({"main": "https://moved.example"}, "its url there is now https://moved.example"),
+        ({"other": URL}, "is not a line of"),
+    ],
+)
+def test_env_config_hands_out_only_a_line_of_that_config(
+    lines: dict[str, str], shown: str, write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One database, several relays' configs: `env --config` must not export the other relay's line."""
+    config = write_config(lines)
+    argv = ["env", "--db", str(chosen(tmp_path / "lp.db")), "--config", str(config), "--shell", "bash"]
+    fast = console_script(argv, monkeypatch, capsys)
+    assert fast == click_cli(argv)
+    if shown == "exports":
+        assert fast[0] == 0 and "export OPENAI_BASE_URL=" in fast[1] and fast[2] == "", "quiet on success: it runs in every new shell"
+    else:
+        assert fast[0] == 3 and fast[1] == ""
+        assert shown in fast[2] and f"run 'linepicker pick --config {config}'" in fast[2]
+
+
+@pytest.mark.parametrize("content", [None, "lines: [oops\n"])
+def test_env_config_that_cannot_be_read_is_a_config_error(
+    content: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lines.yaml"
+    if content is not None:
+        config.write_text(content)
+    argv = ["env", "--db", str(chosen(tmp_path / "lp.db")), "--config", str(config)]
+    fast = console_script(argv, monkeypatch, capsys)
+    assert fast[0] == 2 and fast[1] == "" and fast[2].startswith(f"linepicker: error: {config}")
+    assert fast == click_cli(argv)
+
+
+def test_env_config_directory_is_click_s_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["env", "--db", str(chosen(tmp_path / "lp.db")), "--config", str(tmp_path)]
+    assert console_script(argv, monkeypatch, capsys) == click_cli(argv)
+    assert click_cli(argv)[0] == 2
+
+
+def test_env_with_config_still_imports_no_click_rich_aiohttp_or_sqlite_utils(write_config, tmp_path: Path) -> None:
+    """The fast path pays for the YAML parser when asked to read a config, and for nothing else."""
+    import os
+    import subprocess
+
+    db = chosen(tmp_path / "lp.db")
+    config = write_config({"main": URL})
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import sys; from linepicker.entry import main; main()", "env", "--db", str(db), "--config", str(config)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=60,
+    )
+    assert out.returncode == 0 and "OPENAI_BASE_URL" in out.stdout, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "yaml" in imported
+    assert not imported & {"click", "rich", "aiohttp", "sqlite_utils"}

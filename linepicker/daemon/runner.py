@@ -28,13 +28,16 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 from .. import picker
 from ..config import Config, Line, Listen, RetentionSettings, load_config
+from ..doctor import client_checks
 from ..errors import ExitStatus, LinepickerError
 from ..policy import Verdict
 from ..store import Decision, RollUp, Store, resolve_db_path
+from ..words import counted
 from . import web
 from .live import FULL, RECHECK, LiveState
 
 if TYPE_CHECKING:
+    from apscheduler.events import JobEvent
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger("linepicker")
@@ -42,6 +45,7 @@ log = logging.getLogger("linepicker")
 STOP_GRACE_S = 2.0  # how long a running round may go on after SIGTERM before it is cancelled
 HOOK_TIMEOUT_S = 60.0
 RETENTION_EVERY_S = 3600.0
+DEBUG_SCHEDULER = "LINEPICKER_DEBUG_SCHEDULER"  # set: APScheduler's own log at debug level, for its bugs
 
 
 class DaemonRunning(LinepickerError):
@@ -74,15 +78,56 @@ async def _serve_with_signals(daemon: "Daemon") -> None:
 
 
 def configure_logging(level: str) -> None:
-    """One line per event on stderr; the chatty libraries only speak up at debug level."""
+    """One line per event on stderr; aiohttp's access log only speaks up at debug level.
+
+    APScheduler's own log is kept to its errors even at debug: it says "executed successfully"
+    for every job and names an overlap by an internal function, so SchedulerLog says what
+    matters in linepicker's words. LINEPICKER_DEBUG_SCHEDULER=1 lets it all through.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    for name in ("apscheduler", "aiohttp.access"):
-        logging.getLogger(name).setLevel(quiet)
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if os.environ.get(DEBUG_SCHEDULER) else logging.ERROR)
+
+
+class SchedulerLog:
+    """APScheduler's events about runs that did not happen, said in linepicker's words, once per streak.
+
+    A round slower than probe.interval makes every following run collide with it, and a
+    recheck of a hanging line collides with the next recheck: the first skip of a job is
+    said, and the next one only after CALM_S without any, with how many went unsaid.
+    """
+
+    CALM_S = 600.0
+
+    def __init__(self) -> None:
+        self.last_skip: dict[str, float] = {}  # job id → monotonic time of its latest skipped run
+        self.unsaid: dict[str, int] = {}  # job id → skipped runs since the warning was last given
+
+    def __call__(self, event: JobEvent) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
+        job, now = event.job_id, time.monotonic()
+        previous = self.last_skip.get(job)
+        self.last_skip[job] = now
+        if previous is not None and now - previous < self.CALM_S:
+            self.unsaid[job] = self.unsaid.get(job, 0) + 1
+            return
+        unsaid = self.unsaid.pop(job, 0)
+        since = f"; {counted(unsaid, 'more run')} skipped after this was last said" if unsaid else ""
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            why = "the previous one is still running"
+        else:
+            why = f"it was due at {_clock(event)} and could not start in time"
+        log.warning("%s skipped: %s (said again only after %gs without a skip%s)", job, why, self.CALM_S, since)
+
+
+def _clock(event: JobEvent) -> str:
+    when = getattr(event, "scheduled_run_time", None)
+    return when.astimezone(dt.timezone.utc).strftime("%H:%M:%S UTC") if when else "its time"
 
 
 @contextmanager
@@ -134,25 +179,29 @@ class Daemon:
 
     async def serve(self) -> None:
         """Run until stop(); then let a running round finish briefly, cancel what is left, and return."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         config = self.live.config
         for warning in config.warnings:
             log.warning("config: %s", warning)
+        for text in config.notes:
+            log.info("config: %s", text)
         if missing := config.missing_key():
             log.warning("%s", missing)
         self.store.finish_abandoned_rounds([FULL, RECHECK], "interrupted: an earlier daemon stopped mid-round")
         runner = await web.start(self.live, self.listen) if self.listen else None
         self.url = web.page_url(runner) if runner else None
         scheduler = AsyncIOScheduler(timezone=dt.timezone.utc)
+        scheduler.add_listener(SchedulerLog(), EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._scheduler = scheduler
         now = dt.datetime.now(dt.timezone.utc)
         self._schedule(scheduler, config, first_full=now)
         scheduler.add_job(self._job("retention", self.retention), "interval", seconds=RETENTION_EVERY_S, id="retention", next_run_time=now, **_JOB)
         scheduler.start()
         log.info(
-            "daemon started: %d lines from %s, db %s, round every %gs, recheck every %gs%s",
-            len(config.active_lines), config.source, self.store.path, config.probe.interval, config.probe.down_interval,
+            "daemon started: %s from %s, db %s, round every %gs, recheck every %gs%s",
+            counted(len(config.active_lines), "line"), config.source, self.store.path, config.probe.interval, config.probe.down_interval,
             f", status page {self.url}" if self.url else "",
         )
         try:
@@ -190,7 +239,10 @@ class Daemon:
                 self._schedule(self._scheduler, config, first_full=None)
         for warning in config.warnings:
             log.warning("config: %s", warning)
-        log.info("config reloaded from %s: %d lines", source, len(config.active_lines))
+        for text in config.notes:
+            if text not in old.notes:  # the others were said at start or at an earlier reload
+                log.info("config: %s", text)
+        log.info("config reloaded from %s: %s", source, counted(len(config.active_lines), "line"))
 
     def _schedule(self, scheduler: AsyncIOScheduler, config: Config, first_full: dt.datetime | None) -> None:
         full = dict(seconds=config.probe.interval, jitter=min(config.probe.interval * 0.1, 5.0))
@@ -217,8 +269,9 @@ class Daemon:
         rolled, pruned = retain(self.store, settings, time.time())
         if rolled.samples or pruned:
             log.info(
-                "retention: %d samples older than %gd rolled into %d hourly rows (%d rounds dropped); %d hourly rows older than %gd deleted",
-                rolled.samples, settings.raw / 86400, rolled.hours, rolled.rounds, pruned, settings.hourly / 86400,
+                "retention: %s older than %gd rolled into %s (%s dropped); %s older than %gd deleted",
+                counted(rolled.samples, "sample"), settings.raw / 86400, counted(rolled.hours, "hourly row"),
+                counted(rolled.rounds, "round"), counted(pruned, "hourly row"), settings.hourly / 86400,
             )
 
     async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
@@ -227,9 +280,9 @@ class Daemon:
         round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
         for flip in self.live.record(kind, runs):
             if flip.up:
-                log.info("line %s is up again after %d good rounds", flip.line, flip.rounds)
+                log.info("line %s is up again after %s", flip.line, counted(flip.rounds, "good round"))
             else:
-                log.warning("line %s is down after %d failed rounds: %s", flip.line, flip.rounds, flip.last_error or "no answer")
+                log.warning("line %s is down after %s: %s", flip.line, counted(flip.rounds, "failed round"), flip.last_error or "no answer")
         verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
         log.debug("%s round %d on %s: %s", kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
         self._note_eligibility(verdict)
@@ -256,6 +309,8 @@ class Daemon:
                 log.info("updated %s", result.path)
         for message in errors:
             log.error("target not updated: %s", message)
+        for finding in client_checks(config, chosen, [result.path for result in results]) if results else ():
+            log.warning("%s (%s; fix: %s)", finding.what, finding.where, finding.fix)
         if config.on_switch:
             self._spawn(self._job("on_switch", lambda: self._run_hook(config.on_switch, chosen))())
 

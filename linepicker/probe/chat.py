@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..config import ChatSettings, Line, ProbeSettings
+from ..words import counted
 from .outcomes import (
     API_NAMES,
     MODEL_ERROR,
@@ -288,7 +289,7 @@ async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
 def _judge(answer: Answer, api: str) -> tuple[str, str | None]:
     if not answer.finished:
         end = "[DONE]" if api == "openai" else "message_stop"
-        return PROTOCOL, f"the stream ended before {end} ({answer.text_chunks} text chunks)"
+        return PROTOCOL, f"the stream ended before {end} ({counted(answer.text_chunks, 'text chunk')})"
     if not answer.text_chunks:
         return MODEL_ERROR, "the answer finished without any text"
     return OK, None
@@ -317,7 +318,7 @@ def _progress(answer: Answer, first: float | None, stamps: Stamps) -> str:
         return "no response headers"
     if first is None:
         return "headers, but no text"
-    return f"stalled after {answer.text_chunks} text chunks"
+    return f"stalled after {counted(answer.text_chunks, 'text chunk')}"
 
 
 def _rate(tokens: int | None, first: float | None, last: float | None) -> float | None:

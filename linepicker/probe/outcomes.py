@@ -14,6 +14,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..words import counted
 from .timing import MAX_REDIRECTS, MODELS_CAP
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _missing_models(answer: dict[str, Any], complete: bool, required: tuple[str,
     if not missing:
         return OK, None
     paged = ", the first page of a longer list (has_more)" if answer.get("has_more") is True else ""
-    return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({len(listed)} models listed{paged})"
+    return MISSING_MODEL, f"the model list lacks {', '.join(missing)} ({counted(len(listed), 'model')} listed{paged})"
 
 
 def _json_shape(body: bytes, complete: bool, api: str = "openai") -> tuple[str | None, dict[str, Any]]:

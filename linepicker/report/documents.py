@@ -7,7 +7,7 @@ documents without importing rich, and field names live in one place.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..config import Config
 from ..picker import LineReport, RoundResult, Status
@@ -16,6 +16,7 @@ from ..probe.phases import median_phases
 from ..store import Decision
 
 if TYPE_CHECKING:
+    from ..doctor import Finding
     from ..probe.sample import Sample
 
 
@@ -87,7 +88,39 @@ def judgement_of(result: RoundResult, report: LineReport, config: Config) -> Jud
     return judge(report.stats, config.policy)
 
 
-def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[str, Any]:
+BUNDLED = "bundled default"  # config.origin of the example config shipped with the package
+
+
+def no_eligible_hint(result: RoundResult, config: Config) -> str | None:
+    """The likely cause when no line is eligible: what every failed sample of the round has in common.
+
+    Seven lines all failing DNS is the network (or the URLs), not seven bad lines; the bundled
+    example config means the user has not named their own relay yet.
+    """
+    from ..probe.outcomes import AUTH, DNS, MISSING_MODEL, NOT_API, REFUSED, RESET, TIMEOUT, TLS, UNREACHABLE
+
+    finished = [sample for report in result.lines for sample in report.samples if sample.success is not None]
+    kinds = {sample.outcome for sample in finished}
+    causes = []
+    if finished and not any(sample.success for sample in finished):
+        if kinds == {DNS}:
+            causes.append(f"no line's host name resolved: check the network, then the URLs in {config.source}")
+        elif kinds <= {DNS, REFUSED, UNREACHABLE, RESET, TIMEOUT}:
+            causes.append(f"no line could be reached ({', '.join(sorted(kinds))}): check the network, a firewall or the proxy (HTTPS_PROXY, or proxy: on a line)")
+        elif kinds == {AUTH}:
+            causes.append(f"every line refused the key in ${config.key_env}: check it on the relay's dashboard (all lines of a relay take the same key)")
+        elif kinds == {NOT_API}:
+            causes.append("every line answered with a page that is not the API (a block page, captive portal or login): this network blocks the relay; try a proxy (proxy: on a line) or another network")
+        elif kinds == {TLS}:
+            causes.append("every line failed TLS: something may intercept HTTPS (a corporate proxy: trust its CA with SSL_CERT_FILE)")
+        elif kinds == {MISSING_MODEL}:
+            causes.append(f"no line lists every model of probe.require_models ({', '.join(config.probe.require_models)})")
+    if config.origin == BUNDLED:
+        causes.append("this is linepicker's bundled example config: run 'linepicker init', then 'linepicker add NAME URL' for each line of your relay")
+    return "; ".join(causes) or None
+
+
+def round_json(result: RoundResult, config: Config, with_samples: bool, client_checks: Sequence[Finding] = ()) -> dict[str, Any]:
     lines = []
     for report in result.lines:
         entry = {"name": report.line.name, "url": report.line.url, "insecure": report.line.insecure}
@@ -107,8 +140,10 @@ def round_json(result: RoundResult, config: Config, with_samples: bool) -> dict[
         data["changed"] = result.verdict.changed
         data["reason"] = result.verdict.reason
         data["kept"] = decision_json(result.chosen) if result.no_eligible else None
+        data["hint"] = no_eligible_hint(result, config) if result.no_eligible else None
         data["targets"] = [{"kind": t.kind, "path": str(t.path), "changed": t.changed} for t in result.target_results]
         data["target_errors"] = result.target_errors
+        data["client_checks"] = [vars(finding) for finding in client_checks]  # doctor's findings on the targets just written
     data["lines"] = lines
     return data
 

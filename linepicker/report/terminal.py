@@ -18,12 +18,18 @@ from rich.table import Table
 from ..config import Config, Line
 from ..picker import RoundResult, Status
 from ..probe.phases import median_phases
-from .documents import iso_time, judgement_of, last_error
+from ..words import counted
+from .documents import iso_time, judgement_of, last_error, no_eligible_hint
 
 if TYPE_CHECKING:
     from ..probe.sample import Sample
 
-stdout = Console(highlight=False, soft_wrap=True, emoji=False)  # a relay's error text is shown as sent: ":x:" stays ":x:"
+# A terminal gets tables fitted to its width; a pipe or a file gets every cell whole (rich would
+# assume 80 columns and cut "unfinished" to "unfini…"), and whatever reads it can cut for itself.
+UNBOUNDED = 10_000
+stdout = Console(
+    highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else UNBOUNDED
+)  # a relay's error text is shown as sent: ":x:" stays ":x:"
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
@@ -51,10 +57,14 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def config_note(config: Config) -> None:
+def config_note(config: Config, with_notes: bool = False) -> None:
+    """Which file, and its warnings; its notes (a /v1 taken off a URL) only where the config is inspected,
+    as a valid file must not repeat them on every run."""
     note(f"config: {config.source} ({config.origin})")
     for warning in config.warnings:
         warn(warning)
+    for text in config.notes if with_notes else ():
+        note(f"note: {text}")
 
 
 @contextmanager
@@ -118,7 +128,7 @@ def render_round(result: RoundResult, config: Config) -> None:
     chosen = result.verdict.chosen if result.verdict else None
     chat = config.probe.chat is not None
     headers = ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score") + (("ttft", "tok/s") if chat else ())
-    table = _table(f"{len(result.lines)} lines, {result.elapsed_s:.2f} s", headers)
+    table = _table(f"{counted(len(result.lines), 'line')}, {result.elapsed_s:.2f} s", headers)
     notes = []
     for report in result.lines:
         judgement = judgement_of(result, report, config)
@@ -149,6 +159,8 @@ def render_round(result: RoundResult, config: Config) -> None:
     if result.no_eligible:
         kept = f"keeping {result.chosen.name} ({result.chosen.url})" if result.chosen else "and no earlier choice to keep"
         stdout.print(f"[red]No line is eligible[/], {escape(kept)}.")
+        if hint := no_eligible_hint(result, config):
+            stdout.print(f"likely cause: {escape(hint)}")
     elif result.chosen:
         verb = "switched to" if result.verdict.changed else "keeping"
         stdout.print(f"[bold]{verb} {escape(result.chosen.name)}[/] {escape(result.chosen.url)}: {escape(result.verdict.reason)}")
@@ -156,6 +168,12 @@ def render_round(result: RoundResult, config: Config) -> None:
         stdout.print(f"{'updated' if target.changed else 'already current'}: {target.path}")
     for message in result.target_errors:
         error(message)
+
+
+def client_warnings(findings: list[Any]) -> None:
+    """doctor's findings on the files just written: warnings here, as the write itself succeeded."""
+    for finding in findings:
+        warn(f"{finding.what}\n  at:  {finding.where}\n  fix: {finding.fix}")
 
 
 def render_status(status: Status) -> None:
@@ -225,19 +243,35 @@ def doctor_report(diagnosis: Any, as_json: bool) -> None:
         stdout.print(f"  fix: {escape(finding.fix)}")
     if diagnosis.findings:
         errors = sum(1 for f in diagnosis.findings if f.severity == "error")
-        stdout.print(f"{len(findings)} problem{'s' if len(findings) != 1 else ''} ({errors} error{'s' if errors != 1 else ''})")
+        stdout.print(f"{counted(len(findings), 'problem')} ({counted(errors, 'error')})")
     else:
         stdout.print("no problems found")
         note("checked the environment" + "".join(f", {path}" for path in diagnosis.checked))
 
 
-def config_written(path: Any, in_force: Any, as_json: bool) -> None:
+def config_written(path: Any, in_force: Any, plain_run_reads: Any, as_json: bool) -> None:
+    """Where the file went, and the first steps after it, the start-up line naming the user's shell."""
+    import shlex
+
+    from ..clientenv import RC_LINES, detect_shell
+
     if as_json:
         print_json({"path": str(path), "in_force": str(in_force)})
         return
     stdout.print(f"wrote {escape(str(path))}: edit it, or use linepicker add/remove")
     if in_force != path:
         warn(f"{in_force} is read first, so the new file is not used while that one exists")
+    flag = "" if plain_run_reads == path else f" --config {shlex.quote(str(path))}"
+    rc_file, rc_line = RC_LINES[detect_shell()]
+    steps = (
+        (f"linepicker add{flag} NAME URL", "once per line (BaseURL) your relay publishes"),
+        (f"linepicker pick{flag}", "probe them and choose one"),
+        (rc_line, f"at the end of {rc_file}: every new shell gets the choice"),
+    )
+    width = max(len(step) for step, _ in steps)
+    stdout.print("next:")
+    for step, why in steps:
+        stdout.print(f"  {escape(step.ljust(width))}  [dim]# {escape(why)}[/]")
 
 
 def config_edited(edit: Any, action: str, as_json: bool) -> None:
@@ -305,7 +339,7 @@ def render_history(history: Any) -> None:
     if not history.decisions:
         stdout.print("no switches in this period")
         return
-    table = _table(f"{len(history.decisions)} decisions", ("when", "change", "why"))
+    table = _table(counted(len(history.decisions), "decision"), ("when", "change", "why"))
     for decision in history.decisions:
         table.add_row(iso_time(decision.decided_at), f"{escape(decision.previous or '–')} → {escape(decision.name)}", escape(decision.reason))
     stdout.print(table)
@@ -317,4 +351,4 @@ def report_written(path: Any, history: Any, as_json: bool) -> None:
     if as_json:
         print_json({"path": str(path), "since": iso_time(history.since), "until": iso_time(history.until), "lines": [e.line.name for e in history.lines]})
     else:
-        stdout.print(f"wrote {escape(str(path))}: {len(history.lines)} lines, {len(history.decisions)} decisions, last {span_text(history.until - history.since)}")
+        stdout.print(f"wrote {escape(str(path))}: {counted(len(history.lines), 'line')}, {counted(len(history.decisions), 'decision')}, last {span_text(history.until - history.since)}")
