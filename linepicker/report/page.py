@@ -17,6 +17,7 @@ from .. import __version__
 from ..picker import Status
 from ..probe.phases import Phases
 from ..store import ChatRow, Decision
+from ..words import counted
 from .history import SPANS, History
 from .series import Series, span_text
 from .svg import LOSS_COLOURS, svg
@@ -58,7 +59,7 @@ def render(page: Page) -> str:
 <section class="lines">{cards}</section>
 {_legend(f"the last {span_text(page.span_s)} in {span_text(page.bucket_s)} buckets")}
 {_decisions(page.status.decisions, page.now)}
-<footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {page.rounds} rounds since start ·
+<footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {counted(page.rounds, "round")} since start ·
 <a href="api/status">/api/status</a> · <a href="metrics">/metrics</a> · linepicker {__version__}</footer>
 </main></body></html>
 """

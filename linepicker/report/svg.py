@@ -16,6 +16,7 @@ import math
 import time
 from typing import Callable
 
+from ..words import counted
 from .series import Bucket, Series, robust_top
 
 WIDTH, HEIGHT = 720, 170
@@ -79,7 +80,7 @@ def _bucket(bucket: Bucket, x: float, width: float, y: Callable[[float], float],
     items = []
     if not bucket.successes:
         items.append(f'<rect x="{x:.1f}" y="{TOP}" width="{width:.1f}" height="{PLOT_BOTTOM - TOP}" class="dead"/>')
-        summary = f"{when}: all {bucket.samples} samples failed"
+        summary = f"{when}: all {counted(bucket.samples, 'sample')} failed"
     else:
         items.append(_band(x, width, y(bucket.p90), y(bucket.p10), "smoke-outer"))
         items.append(_band(x, width, y(bucket.p75), y(bucket.p25), "smoke-inner"))
@@ -91,7 +92,7 @@ def _bucket(bucket: Bucket, x: float, width: float, y: Callable[[float], float],
             items.append(f'<rect x="{x:.1f}" y="{y(bucket.p50) - 1.5:.1f}" width="{width:.1f}" height="3" fill="{colour}"/>')
         above = f", above the {_ms_label(y_max)} scale" if bucket.p50 > y_max else ""
         spread = f"min {bucket.p10:.0f}, p95 {bucket.p90:.0f}, hourly roll-ups" if bucket.rolled_up else f"p10 {bucket.p10:.0f}, p90 {bucket.p90:.0f}"
-        summary = f"{when}: median {bucket.p50:.0f} ms{above} ({spread}), {bucket.samples} samples, {bucket.failures} failed"
+        summary = f"{when}: median {bucket.p50:.0f} ms{above} ({spread}), {counted(bucket.samples, 'sample')}, {bucket.failures} failed"
     if bucket.failures:
         opacity = 0.35 + 0.65 * bucket.failed_share
         items.append(f'<rect x="{x:.1f}" y="{STRIP[0]}" width="{width:.1f}" height="{STRIP[1] - STRIP[0]}" fill="#dc2626" fill-opacity="{opacity:.2f}"/>')
