@@ -209,11 +209,39 @@ def _migration_4(db: "sqlite_utils.Database") -> None:
     db["chats"].create_index(["started_at"])
 
 
+def _migration_5(db: "sqlite_utils.Database") -> None:
+    """Releases before this one bucketed hours with SQLite's integer-only `%`, which kept each sample's
+    fractional second: every sample became an "hour" row of its own. Fold those rows into their hours.
+
+    The misplaced rows are read in hour order and folded one hour at a time, so memory holds one hour.
+    Rows of a single sample (nearly all of them) give exact percentiles together; anything else is
+    merged as roll_up merges, counts exactly and percentiles weighted by successes.
+    """
+    conn = db.conn
+    misplaced = conn.execute(
+        "select line_id, hour, samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
+        "where hour <> (cast(hour as integer) / 3600) * 3600 order by line_id, hour"
+    )
+    folded: list[dict] = []
+    group: list[tuple] = []
+    for row in misplaced:
+        if group and (row[0], hour_start(row[1])) != (group[0][0], hour_start(group[0][1])):
+            folded.append(_folded_hour(group))
+            group = []
+        group.append(row)
+    if group:
+        folded.append(_folded_hour(group))
+    conn.execute("delete from hourly where hour <> (cast(hour as integer) / 3600) * 3600")
+    for row in folded:
+        _merge_hour(conn, row)
+
+
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
     ("0003_samples_by_round", _migration_3),
     ("0004_chats", _migration_4),
+    ("0005_fold_hourly", _migration_5),
 ]
 
 
@@ -488,19 +516,18 @@ class Store:
         samples at once; an hour that somehow gains samples later is merged into
         its row (counts exactly, percentiles as a sample-weighted mean).
         """
-        cutoff = before - before % 3600
+        cutoff = hour_start(before)
         rows = self.conn.execute(
-            "select line_id, started_at - started_at % 3600, success, ttfb_ms, outcome from samples "
-            "where started_at < ? order by line_id, started_at",
+            "select line_id, started_at, success, ttfb_ms, outcome from samples where started_at < ? order by line_id, started_at",
             [cutoff],
         ).fetchall()
         hours: dict[tuple[int, float], list[tuple[int | None, float | None, str]]] = {}
-        for line_id, hour, success, ttfb, outcome in rows:
-            hours.setdefault((line_id, hour), []).append((success, ttfb, outcome))
+        for line_id, started_at, success, ttfb, outcome in rows:
+            hours.setdefault((line_id, hour_start(started_at)), []).append((success, ttfb, outcome))
 
         def apply() -> RollUp:
             for (line_id, hour), samples in hours.items():
-                self._merge_hour(_hour_row(line_id, hour, samples))
+                _merge_hour(self.conn, _hour_row(line_id, hour, samples))
             self.db.execute("delete from samples where started_at < ?", [cutoff])
             self.db.execute("delete from chats where started_at < ?", [cutoff])  # no hourly form: kept as long as raw samples
             gone = self.db.execute(
@@ -511,18 +538,6 @@ class Store:
             return RollUp(len(rows), len(hours), gone)
 
         return self._write(apply)  # type: ignore[return-value]
-
-    def _merge_hour(self, row: dict) -> None:
-        old = self.conn.execute(
-            "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
-            "where line_id = ? and hour = ?",
-            [row["line_id"], row["hour"]],
-        ).fetchone()
-        if old is not None:
-            row = _merged_hour(row, old)
-        # Plain SQL: sqlite_utils' upsert re-reads the table's schema on every call, 8 queries a row.
-        columns = ", ".join(row)
-        self.db.execute(f"insert or replace into hourly ({columns}) values ({', '.join('?' * len(row))})", list(row.values()))
 
     def hours_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[HourRow]]:
         """Hourly roll-ups per line from a time on, oldest first: all that is left of samples past retention.raw."""
@@ -574,6 +589,55 @@ def _explain(exc: sqlite3.DatabaseError) -> str:
     if "locked" in str(exc):
         return f"{exc} (another process kept it busy; linepicker waits up to {BUSY_TIMEOUT_S:g} s)"
     return str(exc)
+
+
+def hour_start(at: float) -> float:
+    """The start of the hour holding a unix time (Python's float floor; SQLite's `%` would drop the fraction)."""
+    return float(at // 3600 * 3600)
+
+
+def _merge_hour(conn: sqlite3.Connection, row: dict) -> None:
+    """Write an hour's row, merged into the row already there for that line and hour."""
+    old = conn.execute(
+        "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
+        "where line_id = ? and hour = ?",
+        [row["line_id"], row["hour"]],
+    ).fetchone()
+    if old is not None:
+        row = _merged_hour(row, old)
+    # Plain SQL: sqlite_utils' upsert re-reads the table's schema on every call, 8 queries a row.
+    columns = ", ".join(row)
+    conn.execute(f"insert or replace into hourly ({columns}) values ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def _folded_hour(rows: list[tuple]) -> dict:
+    """One hour from rows of that line and hour: the single-latency rows exactly, the rest merged by weight."""
+    import json
+
+    from .policy import percentile
+
+    line_id, hour = rows[0][0], hour_start(rows[0][1])
+    single = [row for row in rows if row[3] <= 1]
+    latencies = [row[4] for row in single if row[3] and row[4] is not None]
+    outcomes: dict[str, int] = {}
+    for row in single:
+        for outcome, count in json.loads(row[8]).items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    folded = {
+        "line_id": line_id,
+        "hour": hour,
+        "samples": sum(row[2] for row in single),
+        "successes": sum(row[3] for row in single),
+        "ttfb_p50_ms": percentile(latencies, 0.5),
+        "ttfb_p95_ms": percentile(latencies, 0.95),
+        "ttfb_min_ms": min(latencies, default=None),
+        "ttfb_max_ms": max(latencies, default=None),
+        "outcomes": json.dumps(outcomes, sort_keys=True),
+    }
+    for row in rows:
+        if row[3] > 1:
+            folded = _merged_hour(folded, row[2:])
+    return folded
 
 
 def _hour_row(line_id: int, hour: float, samples: list[tuple[int | None, float | None, str]]) -> dict:
