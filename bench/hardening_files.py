@@ -61,7 +61,77 @@ def roll_up_row(work: Path) -> list[str]:
     ]
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row]
+TRICKY_SETTINGS = (
+    '{\r\n\t"big": 1e400,\r\n\t"huge": ' + "9" * 5000 + ',\r\n\t"zero": -0.0, "one": 1.0, "int": 1,\r\n'
+    '\t"text": "caf\\u00e9 \\/ \\ud83d\\ude00",\r\n\t"dup": 1, "dup": 2,\r\n'
+    '\t"env": {"FOO": "1", "ANTHROPIC_BASE_URL": "https://old.example"}\r\n}\r\n'
+)
+NODE_COMPARE = (
+    'const fs = require("fs"); const [a, b] = process.argv.slice(1).map((p) => JSON.parse(fs.readFileSync(p, "utf8")));'
+    "a.env.ANTHROPIC_BASE_URL = b.env.ANTHROPIC_BASE_URL; console.log(JSON.stringify(a) === JSON.stringify(b));"
+)
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    """The real CLI in a child process: exit code and stderr."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "linepicker", *argv], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr
+
+
+def settings_rows(work: Path) -> list[str]:
+    """Item 2 (and 15's settings.json part): values no round trip keeps, files that are not JSON, a surrogate on `pin`."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from linepicker.errors import TargetError
+    from linepicker.targets import update_claude_settings
+
+    url = "https://new.example"
+    before, after = work / "before.json", work / "settings.json"
+    before.write_bytes(TRICKY_SETTINGS.encode())
+    after.write_bytes(TRICKY_SETTINGS.encode())
+    update_claude_settings(after, url)
+    expected = TRICKY_SETTINGS.replace('"https://old.example"', f'"{url}"').encode()
+    changed = sum(1 for a, b in zip(after.read_bytes(), expected) if a != b) + abs(len(after.read_bytes()) - len(expected))
+    node = "node not installed"
+    if shutil.which("node"):
+        same = subprocess.run(["node", "-e", NODE_COMPARE, str(before), str(after)], capture_output=True, text=True).stdout.strip()
+        node = "every other value the same" if same == "true" else "VALUES DIFFER"
+    rows = [
+        f"| 2 | settings.json with `1e400`, a 5,000-digit integer, `-0.0`, `1.0`, `\\u00e9`, `\\/`, a duplicate key, tabs, CRLF; "
+        f"`update_claude_settings` | {changed} bytes differ from the file with only the URL replaced; Node's JSON.parse: {node} |"
+    ]
+    refused = 0
+    cases = [b'{"big": NaN}', b'{"big": Infinity}', b'{"s": "\\ud83d"}', b'{"a": 1,}', b'\xff{}']
+    for content in cases:
+        path = work / "bad.json"
+        path.write_bytes(content)
+        try:
+            update_claude_settings(path, url)
+        except TargetError as exc:
+            refused += "\n" not in str(exc) and path.read_bytes() == content
+    rows.append(f"| 2 | settings.json holding NaN, Infinity, `\"\\ud83d\"`, a trailing comma, a non-UTF-8 byte | "
+                f"{refused} of {len(cases)} left byte for byte with a one-line error |")
+    settings, later = work / "pin-settings.json", work / "later.env"
+    settings.write_bytes(b'{"note": "\\ud83d"}')
+    config = work / "pin.yaml"
+    config.write_text(yaml.safe_dump({
+        "lines": [{"name": "a", "url": "https://a.example"}],
+        "targets": {"claude_settings": str(settings), "template": [{"path": str(later), "template": "URL={url}\n"}]},
+    }))
+    code, err = cli("pin", "a", "--config", str(config), "--db", str(work / "pin.db"))
+    lines = [line for line in err.splitlines() if "Traceback" in line or str(settings) in line]
+    rows.append(f"| 15 | `linepicker pin a` with `\"\\ud83d\"` in a settings.json target, a template target after it | "
+                f"exit {code}, {len(lines)} stderr line about it, later target {'written' if later.exists() else 'NOT written'}, "
+                f"{'no traceback' if 'Traceback' not in err else 'TRACEBACK'} |")
+    return rows
+
+
+ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows]
 
 
 def table(work: Path) -> list[str]:

@@ -253,6 +253,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_duration(value: object) -> float:
@@ -309,7 +310,7 @@ class _Validator:
             raise self.fail(node, f"{what} must be a single value")
         loader = yaml.SafeLoader("")
         try:
-            return loader.construct_object(node)
+            value = loader.construct_object(node)
         except yaml.MarkedYAMLError as exc:
             # Only the problem: str(exc) adds a multi-line excerpt of "<unicode string>".
             raise self.fail(node, f"{what}: {exc.problem}") from None
@@ -319,6 +320,10 @@ class _Validator:
             raise self.fail(node, f"{what}: {node.value!r} is not a valid {node.tag} value") from None
         finally:
             loader.dispose()
+        if isinstance(value, str) and _SURROGATE.search(value):
+            # "\ud83d" in a double-quoted YAML string: no file, argv or URL can carry it (UTF-8 refuses it).
+            raise self.fail(node, f"{what} holds a lone UTF-16 surrogate escape (such as \\ud83d), which no UTF-8 text can carry")
+        return value
 
     def text(self, node: yaml.Node, what: str) -> str:
         value = self.scalar(node, what)

@@ -269,6 +269,8 @@ MISTAKES = [
     ("tag-int-empty", GOOD_LINES + "probe:\n  samples: !!int ''\n", 5, "probe.samples"),
     ("tag-float-empty", GOOD_LINES + "policy:\n  margin_ms: !!float ''\n", 5, "policy.margin_ms"),
     ("tag-python", GOOD_LINES + "probe:\n  timeout: !!python/object:os.system x\n", 5, "could not determine a constructor"),
+    ("template-lone-surrogate", GOOD_LINES + 'targets:\n  template:\n    - path: x\n      template: "\\ud83d {url}"\n', 7, "lone UTF-16 surrogate"),
+    ("on-switch-lone-surrogate", GOOD_LINES + 'on_switch: ["notify", "\\udc00"]\n', 4, "on_switch entry holds a lone UTF-16 surrogate"),
     ("tag-local", GOOD_LINES + "probe:\n  timeout: !secret x\n", 5, "probe.timeout"),
 ]
 

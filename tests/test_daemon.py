@@ -556,3 +556,25 @@ def test_a_skip_is_said_again_only_after_a_calm_spell(caplog: pytest.LogCaptureF
     assert messages[1].startswith("recheck skipped: the previous one is still running")
     assert messages[2].endswith("; 2 more runs skipped after this was last said)")
     assert messages[3].startswith(f"retention skipped: it was due at {now:%H:%M:%S} UTC and could not start in time")
+
+
+def test_a_settings_file_with_a_lone_surrogate_fails_alone_and_on_switch_still_runs(relay: Relay, write_config, db_path: Path, tmp_path: Path) -> None:
+    """A lone surrogate escape ("\\ud83d") once escaped write_targets as a UnicodeEncodeError: later targets and on_switch were skipped."""
+    hook_out = tmp_path / "hook.txt"
+    settings = tmp_path / "settings.json"
+    settings.write_bytes(b'{"note": "\\ud83d", "env": {}}')
+    later = tmp_path / "later.env"
+    config = write_config(
+        {"a": relay.url("a")},
+        probe=FAST,
+        targets={"claude_settings": str(settings), "template": [{"path": str(later), "template": "URL={url}\n"}]},
+        on_switch=[sys.executable, "-c", f"open({str(hook_out)!r}, 'w').write('ran')"],
+    )
+    daemon = make_daemon(config, db_path)
+
+    async def body() -> None:
+        await until(lambda: hook_out.exists(), what="on_switch")
+
+    serving(daemon, body)
+    assert later.read_text() == f"URL={relay.base}/line/a\n"
+    assert settings.read_bytes() == b'{"note": "\\ud83d", "env": {}}'

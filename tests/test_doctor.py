@@ -247,3 +247,23 @@ def test_claude_config_dir_away_from_the_settings_target(chosen, run, write_conf
     finding = only(doctor(run, config))
     assert finding["severity"] == "warning" and finding["where"] == "environment: CLAUDE_CONFIG_DIR"
     assert finding["fix"] == f"point targets.claude_settings in {config} at $CLAUDE_CONFIG_DIR/settings.json"
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'{"env": {"ANTHROPIC_BASE_URL": "https://x.example"}}\n\xff\xfe', "not UTF-8"),
+        (b'{\n "big": NaN,\n "env": {"ANTHROPIC_BASE_URL": "https://x.example"}}', "not valid JSON"),
+        (b'{"note": "\\ud83d", "env": {"ANTHROPIC_BASE_URL": "https://x.example"}}', "surrogate"),
+    ],
+    ids=["latin-1", "nan", "lone-surrogate"],
+)
+def test_claude_settings_claude_code_cannot_read_are_a_finding_not_a_crash(chosen, run, tmp_path: Path, content: bytes, words: str) -> None:
+    config, _ = chosen
+    local = tmp_path / ".claude" / "settings.local.json"
+    local.parent.mkdir()
+    local.write_bytes(content)
+    finding = only(doctor(run, config))
+    assert finding["severity"] == "warning" and words in finding["what"]
+    assert finding["where"].startswith(f"{local}:")
+    assert local.read_bytes() == content

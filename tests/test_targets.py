@@ -324,8 +324,15 @@ def test_claude_settings_without_env_gains_one(tmp_path: Path) -> None:
         (b'[{"env": {}}]', "JSON object"),
         (b'{"env": "ANTHROPIC_BASE_URL=x"}', "'env'"),
         (b"\xff\xfe{}", "cannot read"),
+        (b'{"big": NaN, "env": {}}', "not valid JSON"),
+        (b'{"big": Infinity}', "not valid JSON"),
+        (b'{"small": -Infinity}', "not valid JSON"),
+        (b'{"emoji": "\\ud83d", "env": {"ANTHROPIC_BASE_URL": "x"}}', "surrogate"),
+        (b'{"env": {"\\udc00": 1}}', "surrogate"),
+        (b'{"model": "opus",}', "not valid JSON"),
+        (b'{"model": "opus"}\x0c', "not valid JSON"),
     ],
-    ids=["invalid-json", "array", "env-not-object", "not-utf8"],
+    ids=["invalid-json", "array", "env-not-object", "not-utf8", "nan", "infinity", "minus-infinity", "lone-surrogate", "surrogate-key", "trailing-comma", "form-feed"],
 )
 def test_claude_settings_that_cannot_be_understood_are_left_byte_for_byte(tmp_path: Path, content: bytes, words: str) -> None:
     path = tmp_path / "settings.json"
@@ -339,6 +346,65 @@ def test_claude_settings_that_cannot_be_understood_are_left_byte_for_byte(tmp_pa
     assert path.read_bytes() == content
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert leftovers(tmp_path) == []
+
+
+# Values that no parse/serialise round trip keeps as written.
+TRICKY = (
+    '{\r\n\t"big": 1e400,\r\n\t"huge": ' + "9" * 5000 + ',\r\n\t"zero": -0.0, "one": 1.0, "int": 1, "exp": 2E-3,\r\n'
+    '\t"text": "caf\\u00e9 \\/ \\ud83d\\ude00 名字",   "order": {"z": [], "a": {}},\r\n'
+    '\t"env": {"ANTHROPIC_BASE_URL": "https:\\/\\/old.example", "FOO": "1"},\r\n'
+    '\t"dup": 1, "dup": 2,\r\n'
+    '\t"env": {\r\n\t\t"ANTHROPIC_BASE_URL" :  "https://old.example" ,\r\n\t\t"BAR": null\r\n\t}\r\n}\r\n'
+)
+
+
+def test_claude_settings_keep_every_byte_but_the_value_they_set(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_bytes(TRICKY.encode())
+    update_claude_settings(path, URL)
+    # JSON.parse and Python keep the last of duplicate keys, so the last env is the one Claude Code reads.
+    assert path.read_bytes().decode() == TRICKY.replace('  "https://old.example" ,', f'  "{URL}" ,')
+    assert update_claude_settings(path, URL).changed is False
+
+
+NODE_READS = r"""
+const fs = require("fs");
+const [before, after] = process.argv.slice(1).map((p) => JSON.parse(fs.readFileSync(p, "utf8")));
+const url = after.env.ANTHROPIC_BASE_URL;
+before.env.ANTHROPIC_BASE_URL = url;
+console.log(JSON.stringify({url, same: JSON.stringify(before) === JSON.stringify(after)}));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node (Claude Code's runtime) is not installed")
+def test_claude_code_reads_the_new_url_and_every_value_it_read_before(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "settings.json"
+    before.write_bytes(TRICKY.encode())
+    after.write_bytes(TRICKY.encode())
+    update_claude_settings(after, URL)
+    read = subprocess.run(["node", "-e", NODE_READS, str(before), str(after)], capture_output=True, text=True, check=True)
+    assert json.loads(read.stdout) == {"url": URL, "same": True}
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ('{\n    "model": "opus"\n}\n', '{\n    "model": "opus",\n    "env": {\n        "ANTHROPIC_BASE_URL": "NEWURL"\n    }\n}\n'),
+        ('{\n\t"model": 1.0,\n\t"env": {}\n}', '{\n\t"model": 1.0,\n\t"env": {\n\t\t"ANTHROPIC_BASE_URL": "NEWURL"\n\t}\n}'),
+        ('{\r\n  "env": {\r\n    "FOO": 1e400\r\n  }\r\n}\r\n', '{\r\n  "env": {\r\n    "FOO": 1e400,\r\n    "ANTHROPIC_BASE_URL": "NEWURL"\r\n  }\r\n}\r\n'),
+        ('{"model": -0.0}', '{"model": -0.0, "env": {"ANTHROPIC_BASE_URL": "NEWURL"}}'),
+        ('{}', '{"env": {"ANTHROPIC_BASE_URL": "NEWURL"}}'),
+        ("  \n", '{\n  "env": {\n    "ANTHROPIC_BASE_URL": "NEWURL"\n  }\n}\n'),
+    ],
+    ids=["four-spaces", "tabs-empty-env", "crlf-env-without-key", "one-line", "empty-object", "blank-file"],
+)
+def test_claude_settings_gain_the_key_in_the_files_own_layout(tmp_path: Path, before: str, after: str) -> None:
+    path = tmp_path / "settings.json"
+    path.write_bytes(before.encode())
+    update_claude_settings(path, URL)
+    text = path.read_bytes().decode()
+    assert text == after.replace("NEWURL", URL)
+    assert json.loads(text)["env"]["ANTHROPIC_BASE_URL"] == URL
 
 
 def test_claude_settings_keep_their_mode(tmp_path: Path) -> None:
