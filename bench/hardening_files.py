@@ -131,7 +131,84 @@ def settings_rows(work: Path) -> list[str]:
     return rows
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows]
+def dotenv_rows(work: Path) -> list[str]:
+    """Items 3 and 12: .env read by python-dotenv's grammar; values read back exactly by sh, bash, zsh and python-dotenv."""
+    import shutil
+    import subprocess
+
+    from dotenv import dotenv_values
+
+    from linepicker.errors import TargetError
+    from linepicker.shellenv import client_env
+    from linepicker.targets import update_dotenv
+
+    url = "https://new.example"
+    user = (
+        "NOTE='a\x0cOPENAI_BASE_URL=glued'\nWIDE='b\u2028ANTHROPIC_BASE_URL=glued\x85c'\n"
+        'CERT="-----BEGIN-----\nOPENAI_BASE_URL=https://inside.example/v1\n-----END-----"\n'
+    )
+    env = work / "user.env"
+    env.write_text(user)
+    before = dict(dotenv_values(env))
+    update_dotenv(env, url)
+    after = dict(dotenv_values(env))
+    kept = env.read_text().startswith(user) and all(after[key] == value for key, value in before.items())
+    rows = [
+        "| 3 | .env with \\x0c, U+2028 and \\x85 inside values, and `OPENAI_BASE_URL=` inside another key's multi-line value | "
+        f"user's bytes {'kept' if kept else 'CHANGED'}; python-dotenv reads {sum(after.get(k) == v for k, v in client_env(url).items())} of 3 keys set |"
+    ]
+    shells = [shell for shell in ("sh", "bash", "zsh") if shutil.which(shell)]
+    urls = [
+        "https://a.example/$(touch pwned)", "https://a.example/`touch pwned`", "https://a.example/x;touch pwned",
+        "https://a.example/x&&touch pwned", "https://a.example/x|touch pwned", "https://a.example/a'b", 'https://a.example/a"b',
+        "https://a.example/a\\b", "https://a.example/${HOME}", "https://a.example/$HOME", "https://a.example/x #c",
+        "https://a.example/*?[a]~!#%41(x)<y>{z}", "https://a.example/a'b\"c", "https://a.example/\nEVIL=1",
+    ]
+    styles = ["OPENAI_BASE_URL=old", "OPENAI_BASE_URL='old'", 'OPENAI_BASE_URL="old"', "export OPENAI_BASE_URL=old", "OTHER=1"]
+    written = exact = refused = untouched = 0
+    for n, (value, style) in enumerate((u, s) for u in urls for s in styles):
+        path = work / f"{n}.env"
+        path.write_text(style + "\n")
+        try:
+            update_dotenv(path, value)
+        except TargetError:
+            refused += 1
+            untouched += path.read_text() == style + "\n"
+            continue
+        written += 1
+        expected = client_env(value)
+        reads = [{k: v for k, v in dotenv_values(path).items() if k in expected}]
+        for shell in shells:
+            script = f'set -a; . "{path}"; ' + " ".join(f'printf "%s\\0" "${name}";' for name in expected)
+            out = subprocess.run([shell, "-c", script], capture_output=True, cwd=work).stdout.decode().split("\0")
+            reads.append(dict(zip(expected, out)))
+        exact += all(read == expected for read in reads)
+    ran = (work / "pwned").exists()
+    rows.append(
+        f"| 12 | {len(urls)} hostile URLs (`$(…)`, backticks, `;`, `&&`, `\\|`, quotes, `\\`, `${{HOME}}`, newline) × {len(styles)} quoting styles, "
+        f"read back by python-dotenv and `set -a; . ./.env` in {', '.join(shells)} | {exact} of {written} written read back exactly by all; "
+        f"{refused} refused, {untouched} of them left byte for byte; commands run: {'YES' if ran else 0} |"
+    )
+    import yaml
+
+    from linepicker.config import load_config
+    from linepicker.errors import ConfigError
+
+    chars = [" ", "'", '"', "`", "$", "%", "%4g", "\\", "<", ">", "{", "}", "|", "^", "\t", "\x85", "\u2028"]
+    errors = 0
+    for char in chars:
+        config = work / "url.yaml"
+        config.write_text(yaml.safe_dump({"lines": [{"name": "a", "url": f"https://a.example/x{char}y"}]}))
+        try:
+            load_config(config)
+        except ConfigError as exc:
+            errors += f"{config}:" in str(exc) and "\n" not in str(exc)
+    rows.append(f"| 12 | a line URL holding each of {len(chars)} characters no BaseURL needs (whitespace, quotes, `` ` ``, `$`, stray `%`, "
+                f"`\\ < > {{ }} ^`, `\\|`, controls) | {errors} of {len(chars)} one-line config errors with file:line |")
+    return rows
+
+
+ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows]
 
 
 def table(work: Path) -> list[str]:

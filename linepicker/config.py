@@ -254,6 +254,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# In a BaseURL: whitespace, quotes, shell and template metacharacters, stray '%', controls (C0, DEL, C1).
+_URL_NEVER = re.compile(r"""[\s"'`$\\<>{}|^\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})""")
 
 
 def parse_duration(value: object) -> float:
@@ -498,6 +500,10 @@ class _Validator:
         parts = self.split_url(node, raw, "url")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail(node, f"url must be an http:// or https:// address, got {raw!r}")
+        if bad := _URL_NEVER.search(raw):
+            char = bad.group(0)
+            what = f"'{char}' not followed by two hex digits" if char == "%" else repr(char)
+            raise self.fail(node, f"url contains {what}, which no BaseURL needs (it would be written into .env files and shell exports): {raw!r}")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise self.fail(node, f"url must be a plain BaseURL without query, fragment or credentials, got {raw!r}")
         try:

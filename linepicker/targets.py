@@ -10,12 +10,12 @@ Codex writer alone, so a run without a Codex target never pays for it.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from . import jsonedit
+from .dotenvedit import render as render_dotenv
 from .errors import TargetError
 from .clientenv import client_env
 from .fsutil import atomic_write
@@ -31,58 +31,16 @@ class TargetResult:
 
 
 def update_dotenv(path: Path, url: str) -> TargetResult:
-    """Set our keys in a .env file, in place where they already are, and keep every other line."""
+    """Set our keys in a .env file where its readers see them (see dotenvedit), and keep every other byte."""
     try:
         original = path.read_bytes().decode("utf-8") if path.exists() else None
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetError(f"{path}: cannot read: {exc}") from None
-    updated = render_dotenv(original or "", client_env(url))
+    try:
+        updated = render_dotenv(original or "", client_env(url))
+    except ValueError as exc:
+        raise TargetError(f"{path}: {exc}; left untouched") from None
     return _write_if_changed("dotenv", path, original, updated)
-
-
-_DOTENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_.]*)(\s*=\s*)(.*)$")
-
-
-def render_dotenv(text: str, values: dict[str, str]) -> str:
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
-    seen = set()
-    out = []
-    for line in lines:
-        body = line.rstrip("\r\n")
-        ending = line[len(body) :]
-        match = _DOTENV_LINE.match(body)
-        if match and match.group(2) in values:
-            prefix, name, equals, old = match.groups()
-            out.append(f"{prefix}{name}{equals}{_dotenv_value(values[name], old)}{_dotenv_comment(old)}{ending}")
-            seen.add(name)
-        else:
-            out.append(line)
-    missing = [name for name in values if name not in seen]
-    if missing:
-        if out and not out[-1].endswith(("\n", "\r")):
-            out.append(newline)
-        out.extend(f"{name}={_dotenv_value(values[name], '')}{newline}" for name in missing)
-    return "".join(out)
-
-
-_DOTENV_COMMENT = re.compile(r"""\s*("(?:\\.|[^"\\])*"|'[^']*')?.*?(\s+#.*)?$""")
-
-
-def _dotenv_comment(old: str) -> str:
-    """A ' # note' after the old value is the user's own text, so it stays after the new value."""
-    match = _DOTENV_COMMENT.match(old)
-    return (match.group(2) or "") if match else ""
-
-
-def _dotenv_value(value: str, old: str) -> str:
-    """Keep the quoting style the user chose for that key, unless the value would close it early."""
-    old = old.strip()
-    if old.startswith("'") and "'" not in value:
-        return f"'{value}'"
-    if old.startswith(("'", '"')):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
 
 
 def update_claude_settings(path: Path, url: str) -> TargetResult:

@@ -105,18 +105,20 @@ def test_add_normalises_v1_and_quotes_what_yaml_would_misread(run, tmp_path: Pat
     config.write_text("lines:\n- name: a\n  url: https://a.example\n")
 
     first = run("add", "b", "https://b.example/v1/", "--json", db=None)
-    second = run("add", "c", "https://c.example/a: b", db=None)
+    second = run("add", "c", "https://c.example/a:b,c]", db=None)
+    spaced = run("add", "e", "https://e.example/a: b", db=None)
 
     assert first.exit_code == 0, first.output
     assert stdout_json(first)["url"] == "https://b.example"
     assert stdout_json(first)["notes"] == ["stored the URL as https://b.example (linepicker adds /v1 where a client needs it)"]
     assert "stored the URL as https://d.example" in run("add", "d", "https://d.example/v1", db=None).stderr
     assert second.exit_code == 0, second.output
+    assert spaced.exit_code == 2 and "url contains ' '" in spaced.stderr, "a URL with a space is no BaseURL"
     assert config.read_text() == (
-        'lines:\n- name: a\n  url: https://a.example\n- name: b\n  url: https://b.example\n- name: c\n  url: "https://c.example/a: b"\n'
+        "lines:\n- name: a\n  url: https://a.example\n- name: b\n  url: https://b.example\n- name: c\n  url: https://c.example/a:b,c]\n"
         "- name: d\n  url: https://d.example\n"
     )
-    assert lines_of(config)[-2].url == "https://c.example/a: b"
+    assert lines_of(config)[-2].url == "https://c.example/a:b,c]"
 
 
 def test_add_to_a_flow_list_and_a_crlf_file(run, tmp_path: Path) -> None:

@@ -554,3 +554,99 @@ def test_killing_a_writer_at_any_moment_leaves_old_or_new_content(tmp_path: Path
         seen = set().union(*(future.result() for future in futures))
     assert seen == {URL_A, URL_B}, "the writer must have been caught both before and after a switch"
     assert time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------- .env as its readers read it
+
+
+def read_back_by_shell(shell: str, path: Path, names: list[str]) -> dict[str, str]:
+    """What `set -a; . ./.env` gives a POSIX shell, NUL-separated so any value comes back whole."""
+    script = f'set -a; . "{path}"; ' + " ".join(f'printf "%s\\0" "${name}";' for name in names)
+    out = subprocess.run([shell, "-c", script], capture_output=True, cwd=path.parent, check=True).stdout
+    return dict(zip(names, out.decode().split("\0")))
+
+
+def read_back_by_dotenv(path: Path) -> dict[str, str | None]:
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(path))
+
+
+DOTENV_SHELLS = [shell for shell in ("sh", "bash", "zsh") if shutil.which(shell)]
+
+
+def test_dotenv_lines_end_where_dotenv_and_sh_end_them(tmp_path: Path) -> None:
+    """\\x0c, \\x1c-\\x1e, \\x85 and U+2028 end a line for str.splitlines() only: the rest of that line is not a binding."""
+    env = tmp_path / ".env"
+    original = "NOTE='a\x0cOPENAI_BASE_URL=glued'\nWIDE='b\u2028ANTHROPIC_BASE_URL=glued\x85c'\nSEP='d\x1cOPENAI_API_BASE=glued'\n"
+    env.write_text(original)
+    before = read_back_by_dotenv(env)
+    update_dotenv(env, URL)
+    text = env.read_text()
+    assert text.startswith(original)
+    after = read_back_by_dotenv(env)
+    assert {key: after[key] for key in before} == before
+    assert after == {**before, **client_env(URL)}
+    for shell in DOTENV_SHELLS:
+        assert read_back_by_shell(shell, env, list(after)) == after, shell
+
+
+def test_a_matching_line_inside_another_keys_multiline_value_is_left_alone(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    original = (
+        'CERT="-----BEGIN-----\nOPENAI_BASE_URL=https://inside.example/v1\n-----END-----"\n'
+        "NOTE='first\nexport ANTHROPIC_BASE_URL=https://inside.example\n'\n"
+        "export OPENAI_API_BASE='https://old.example/v1' # mine\n"
+    )
+    env.write_bytes(original.encode())
+    update_dotenv(env, URL)
+    text = env.read_bytes().decode()
+    assert text.startswith(original.split("export OPENAI_API_BASE")[0])
+    assert f"export OPENAI_API_BASE='{URL}/v1' # mine\n" in text
+    values = read_back_by_dotenv(env)
+    assert values["CERT"] == "-----BEGIN-----\nOPENAI_BASE_URL=https://inside.example/v1\n-----END-----"
+    assert values["NOTE"] == "first\nexport ANTHROPIC_BASE_URL=https://inside.example\n"
+    assert {key: values[key] for key in client_env(URL)} == client_env(URL)
+    for shell in DOTENV_SHELLS:
+        assert read_back_by_shell(shell, env, list(values)) == values, shell
+
+
+NASTY_URLS = [
+    "https://a.example/$(touch pwned)",
+    "https://a.example/`touch pwned`",
+    "https://a.example/x;touch pwned",
+    "https://a.example/x&&touch pwned",
+    "https://a.example/x|touch pwned",
+    "https://a.example/a'b",
+    'https://a.example/a"b',
+    "https://a.example/a\\b",
+    "https://a.example/${HOME}",
+    "https://a.example/$HOME",
+    "https://a.example/x #not-a-comment",
+    "https://a.example/*?[a]~!#%41(x)<y>{z}",
+    "https://a.example/a'b\"c",
+    "https://a.example/\nEVIL=1",
+]
+
+
+@pytest.mark.parametrize("style", ["bare", "single", "double", "export", "new"])
+def test_dotenv_values_read_back_exactly_in_sh_and_dotenv_or_are_refused(tmp_path: Path, style: str) -> None:
+    """Each URL is written in each quoting a user may have chosen; it reads back as written, or the file is left alone."""
+    written = refused = 0
+    for n, url in enumerate(NASTY_URLS):
+        env = tmp_path / f"{n}.env"
+        old = {"bare": "OPENAI_BASE_URL=old", "single": "OPENAI_BASE_URL='old'", "double": 'OPENAI_BASE_URL="old"', "export": "export OPENAI_BASE_URL=old", "new": "OTHER=1"}[style]
+        env.write_text(old + "\n")
+        try:
+            update_dotenv(env, url)
+        except TargetError as exc:
+            assert env.read_text() == old + "\n" and "\n" not in str(exc)
+            refused += 1
+            continue
+        written += 1
+        expected = client_env(url)
+        assert {key: read_back_by_dotenv(env)[key] for key in expected} == expected, env.read_text()
+        for shell in DOTENV_SHELLS:
+            assert read_back_by_shell(shell, env, list(expected)) == expected, (shell, env.read_text())
+    assert not (tmp_path / "pwned").exists()
+    assert written >= 10 and refused <= 4
