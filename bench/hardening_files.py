@@ -208,7 +208,27 @@ def dotenv_rows(work: Path) -> list[str]:
     return rows
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows]
+def config_edit_row(work: Path) -> list[str]:
+    """Item 4: `linepicker remove` and `add` after a line break that str.count("\\n") misses."""
+    breaks = {"U+2028": "\u2028", "U+2029": "\u2029", "\\x85": "\x85", "lone \\r": "\r", "CRLF": "\r\n"}
+    kept = 0
+    for n, brk in enumerate(breaks.values()):
+        path = work / f"edit{n}.yaml"
+        path.write_bytes((
+            f"# relay{brk}# notes\nlines:\n  - name: a\n    url: https://a.example\n    proxy: http://127.0.0.1:1\n"
+            f"  - name: b\n    url: https://b.example\n  - name: c\n    url: https://c.example\n    proxy: none\n"
+        ).encode())
+        removed = cli("remove", "b", "--config", str(path))[0]
+        added = cli("add", "d", "https://d.example", "--config", str(path))[0]
+        from linepicker.config import load_config
+
+        proxies = [(line.name, line.proxy) for line in load_config(path).lines]
+        kept += (removed, added) == (0, 0) and proxies == [("a", "http://127.0.0.1:1"), ("c", "none"), ("d", None)]
+    return [f"| 4 | `linepicker remove b` then `add d` after a comment holding each of {', '.join(breaks)} | "
+            f"{kept} of {len(breaks)} files hold exactly a, c, d with their proxies |"]
+
+
+ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row]
 
 
 def table(work: Path) -> list[str]:

@@ -242,7 +242,7 @@ def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Con
         raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.reader.ReaderError as exc:
         # Its str() spans two lines and names "<unicode string>", not the file.
-        line = data.count("\n", 0, exc.position) + 1
+        line = len(_YAML_BREAK.findall(data, 0, exc.position)) + 1
         raise ConfigError(f"{path}:{line}: invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
@@ -253,6 +253,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # PyYAML's line breaks: its marks count lines by these
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # In a BaseURL: whitespace, quotes, shell and template metacharacters, stray '%', controls (C0, DEL, C1).
 _URL_NEVER = re.compile(r"""[\s"'`$\\<>{}|^\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})""")

@@ -140,11 +140,11 @@ def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] |
         last_eval = -1
         for order, path in enumerate(paths):
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                text = path.read_bytes().decode("utf-8", errors="replace")  # bytes: a lone \r is no line end to a shell
             except OSError:
                 continue
             checked.append(str(path))
-            for number, raw in enumerate(text.splitlines(), 1):
+            for number, raw in enumerate(text.split("\n"), 1):  # a shell ends lines at \n only, not at \x0c or U+2028
                 stripped = raw.strip()
                 if not stripped or stripped.startswith("#"):
                     continue

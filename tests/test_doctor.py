@@ -124,6 +124,19 @@ def test_fixed_exports_in_shell_rc_files(chosen, run, home: Path) -> None:
     assert "linepicker env --shell fish" in fish["fix"]
 
 
+def test_rc_file_lines_end_where_the_shell_ends_them(chosen, run, home: Path) -> None:
+    """\x0c and U+2028 end a line for str.splitlines() only: to bash these exports are inside comments."""
+    import subprocess
+
+    config, url = chosen
+    rc = home / ".bashrc"
+    rc.write_bytes("# old\x0cexport OPENAI_BASE_URL=https://ff.example/v1\n# note\u2028export OPENAI_API_BASE=https://ls.example/v1\nexport ANTHROPIC_BASE_URL=https://real.example\n".encode())
+    sourced = subprocess.run(["bash", "-c", f'. "{rc}"; echo "$OPENAI_BASE_URL|$OPENAI_API_BASE|$ANTHROPIC_BASE_URL"'], capture_output=True, text=True).stdout
+    assert sourced == "||https://real.example\n"
+    finding = only(doctor(run, config))
+    assert finding["where"] == f"{rc}:3" and "https://real.example" in finding["what"]
+
+
 def test_a_later_linepicker_env_overrides_a_fixed_export(chosen, run, home: Path) -> None:
     config, _ = chosen
     (home / ".profile").write_text("export OPENAI_BASE_URL=https://login.example/v1\n")
