@@ -228,7 +228,37 @@ def config_edit_row(work: Path) -> list[str]:
             f"{kept} of {len(breaks)} files hold exactly a, c, d with their proxies |"]
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row]
+def daemon_lock_row(work: Path) -> list[str]:
+    """Item 6: a second daemon on the same database through a symlink to it."""
+    import subprocess
+    import time
+
+    import yaml
+
+    config = work / "daemon.yaml"
+    config.write_text(yaml.safe_dump({"probe": {"timeout": 1, "samples": 1}, "lines": [{"name": "a", "url": "http://127.0.0.1:9"}]}))
+    db = work / "daemon.db"
+    link = work / "link.db"
+    link.symlink_to(db)
+    first = subprocess.Popen([sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "off"],
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (work / "daemon.db.lock").exists() or not (work / "daemon.db.lock").read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the first daemon did not take its lock")
+            time.sleep(0.05)
+        started = time.perf_counter()
+        code, err = cli("daemon", "--config", str(config), "--db", str(link), "--listen", "off")
+        took = time.perf_counter() - started
+    finally:
+        first.terminate()
+        first.wait(timeout=20)
+    last = err.strip().splitlines()[-1].replace(str(work), "…") if err.strip() else ""
+    return [f"| 6 | a second `linepicker daemon` on the same database through a symlink (`--db link.db`) | exit {code} in {took:.2f} s: {last} |"]
+
+
+ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row]
 
 
 def table(work: Path) -> list[str]:

@@ -374,6 +374,30 @@ def test_a_second_daemon_on_the_same_database_is_refused(relay: Relay, write_con
         first.communicate(timeout=10)
 
 
+@pytest.mark.parametrize("alias", ["file-symlink", "dir-symlink"])
+def test_a_second_daemon_through_a_symlinked_path_is_refused(relay: Relay, write_config, db_path: Path, tmp_path: Path, alias: str) -> None:
+    config = write_config({"a": relay.url("a")}, probe=FAST)
+    first = start_daemon_process(config, db_path, "--listen", "off")
+    second = None
+    if alias == "file-symlink":
+        other = tmp_path / "elsewhere.db"
+        other.symlink_to(db_path)
+    else:
+        (tmp_path / "state-link").symlink_to(db_path.parent)
+        other = tmp_path / "state-link" / db_path.name
+    try:
+        wait_for_rounds(db_path, 1)
+        second = start_daemon_process(config, other, "--listen", "off")
+        _, err = second.communicate(timeout=15)
+        assert second.returncode == 1, err
+        assert err.strip().splitlines()[-1] == f"linepicker: error: another linepicker daemon (pid {first.pid}) is already running on {other}"
+    finally:
+        if second is not None and second.poll() is None:
+            second.terminate()
+        first.terminate()
+        first.communicate(timeout=10)
+
+
 def test_the_listen_address_is_checked(write_config, relay: Relay, run) -> None:
     config = write_config({"a": relay.url("a")})
     result = run("daemon", "--config", str(config), "--listen", "127.0.0.1:http")
