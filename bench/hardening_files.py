@@ -25,7 +25,8 @@ def roll_up_row(work: Path) -> list[str]:
     """Item 1: 1,000 samples at fractional seconds over 10 hours, rolled up; and the old rows, migrated."""
     from linepicker import store as store_module
     from linepicker.config import Line
-    from linepicker.probe import Phases, Sample
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
     from linepicker.store import MIGRATIONS, Store
 
     times = [HOUR + i * 36.0 + (i + 1) / 1024 for i in range(1000)]  # the old bug kept each fraction
@@ -139,7 +140,7 @@ def dotenv_rows(work: Path) -> list[str]:
     from dotenv import dotenv_values
 
     from linepicker.errors import TargetError
-    from linepicker.shellenv import client_env
+    from linepicker.clientenv import client_env
     from linepicker.targets import update_dotenv
 
     url = "https://new.example"
@@ -258,7 +259,42 @@ def daemon_lock_row(work: Path) -> list[str]:
     return [f"| 6 | a second `linepicker daemon` on the same database through a symlink (`--db link.db`) | exit {code} in {took:.2f} s: {last} |"]
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row]
+def newer_database_row(work: Path) -> list[str]:
+    """Item 7: every command on a database that a newer release migrated further."""
+    import yaml
+
+    from linepicker.store import Store
+
+    db = work / "newer.db"
+    with Store(db) as store:
+        store.record_decision("a", "https://a.example", None, "bench", None)
+        store.conn.execute("insert into migrations (name, applied_at) values ('0099_future', 0)")
+        store.conn.commit()
+    before = db.read_bytes()
+    config = work / "newer.yaml"
+    config.write_text(yaml.safe_dump({"lines": [{"name": "a", "url": "http://127.0.0.1:9"}]}))
+    commands = [["status"], ["pick"], ["probe"], ["history"], ["doctor"], ["unpin"], ["pin", "a"], ["report", "--html", str(work / "r.html")],
+                ["daemon", "--listen", "off"], ["env"]]
+    refused = 0
+    for argv in commands:
+        options = ["--db", str(db)] + ([] if argv[0] in ("env", "unpin") else ["--config", str(config)])
+        code, err = cli(*argv, *options) if argv[0] != "env" else console_env(options)
+        refused += code == 1 and "written by a newer linepicker" in err and "Traceback" not in err
+    unchanged = db.read_bytes() == before
+    return [f"| 7 | each of {len(commands)} commands (`env`'s fast path included) on a database holding migration `0099_future` | "
+            f"{refused} of {len(commands)} refused in one line \"…: written by a newer linepicker …\"; file {'unchanged' if unchanged else 'CHANGED'} |"]
+
+
+def console_env(options: list[str]) -> tuple[int, str]:
+    """`linepicker env` through the console script (its fast path, not click)."""
+    import subprocess
+
+    script = Path(sys.executable).parent / "linepicker"
+    done = subprocess.run([str(script), "env", *options], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr
+
+
+ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row]
 
 
 def table(work: Path) -> list[str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
 from .errors import StoreError
-from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice
+from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice, refuse_newer
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -253,6 +253,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
             self._refuse_foreign()
+            refuse_newer(conn, path)
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
             self._migrate()

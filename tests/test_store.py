@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from linepicker import __version__
 from linepicker.config import Line
 from linepicker.errors import StoreError
 from linepicker.store import MIGRATIONS, Store, read_choice
@@ -75,7 +76,8 @@ def test_a_directory_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> 
 
 
 def _samples(store: Store, line: str, times_ttfbs: list[tuple[float, float | None]]) -> None:
-    from linepicker.probe import Phases, Sample
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
 
     ids = store.line_ids([Line(line, f"https://{line}.example")])
     rows = [Sample(line, 0, at, "ok" if ttfb else "timeout", ttfb is not None, Phases(ttfb_ms=ttfb)) for at, ttfb in times_ttfbs]
@@ -128,3 +130,44 @@ def test_migration_0005_folds_the_hour_rows_written_one_per_sample(tmp_path: Pat
     assert json.loads(first[6]) == {"ok": 40}
     assert second[1:6] == (2, 1, 60.0, 60.0, 60.0)
     assert json.loads(second[6]) == {"ok": 1, "timeout": 1}
+
+
+def test_every_migration_is_named_where_env_reads_them() -> None:
+    from linepicker.lastchoice import MIGRATION_NAMES
+
+    assert tuple(name for name, _ in MIGRATIONS) == MIGRATION_NAMES
+
+
+def newer(path: Path) -> bytes:
+    """A file a later release has migrated further than this one knows."""
+    with Store(path) as store:
+        store.record_decision("a", "https://a.example", None, "test", None)
+        store.conn.execute("alter table decisions add column weight real")
+        store.conn.execute("insert into migrations (name, applied_at) values ('0099_weights', 0)")
+        store.conn.commit()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["pick"], ["probe"], ["history"], ["doctor"], ["unpin"], ["pin", "a"], ["report", "--html", "r.html"], ["daemon", "--listen", "off"], ["env"]],
+    ids=lambda argv: argv[0],
+)
+def test_a_database_from_a_newer_release_is_refused_by_every_command(tmp_path: Path, argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    db = tmp_path / "lp.db"
+    before = newer(db)
+    config = tmp_path / "lines.yaml"
+    config.write_text(yaml.safe_dump({"probe": {"timeout": 1, "samples": 1}, "lines": [{"name": "a", "url": "http://127.0.0.1:9"}]}))
+    options = ["--db", str(db)] + ([] if argv[0] in ("env", "unpin") else ["--config", str(config)])
+    program = [str(Path(sys.executable).parent / "linepicker")] if argv[0] == "env" else [sys.executable, "-m", "linepicker"]
+    done = subprocess.run([*program, *argv, *options], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("linepicker: error:")]
+    assert errors == [f"linepicker: error: {db}: written by a newer linepicker (migration 0099_weights is unknown to linepicker {__version__}); upgrade linepicker, or use another --db"]
+    assert "Traceback" not in done.stderr
+    assert db.read_bytes() == before
