@@ -17,6 +17,7 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))  # tests/servers.py: the loopback relay
 
 HOUR = 1_700_000_000 // 3600 * 3600
 
@@ -294,7 +295,48 @@ def console_env(options: list[str]) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
-ROWS: list[Callable[[Path], list[str]]] = [roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row]
+def bundled_key_row(work: Path) -> list[str]:
+    """Item 9: the key and the bundled default, through a real `pick` round against a loopback relay recording headers."""
+    import asyncio
+    import os
+
+    from servers import ServerThread
+
+    from linepicker import picker
+    from linepicker.config import BUNDLED, bundled_config_path, parse_config
+    from linepicker.store import Store
+
+    shipped = parse_config(bundled_config_path().read_bytes(), bundled_config_path(), BUNDLED)
+    server = ServerThread()
+    relay = server.start_relay()
+    saved = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = "sk-bench-0123456789abcdef"
+    try:
+        sent = {}
+        for origin in (BUNDLED, "--config"):
+            path = work / f"{origin.replace(' ', '-')}.yaml"
+            path.write_text(f"key_env: OPENAI_API_KEY\nprobe: {{timeout: 2, samples: 3}}\nlines:\n  - name: k\n    url: {relay.url('k')}\n")
+            config = parse_config(path.read_bytes(), path, origin)
+            relay.requests.clear()
+            with Store(work / "key.db") as store:
+                asyncio.run(picker.run_round(config, store, "pick"))
+            sent[origin] = sum("Authorization" in headers for headers in relay.requests["k"]), len(relay.requests["k"])
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = saved
+    return [
+        f"| 9 | the shipped lines.yaml | key_env: {shipped.key_env} |",
+        f"| 9 | `pick` with OPENAI_API_KEY set and `key_env: OPENAI_API_KEY`: as the bundled default / as the user's config | "
+        f"key sent in {sent[BUNDLED][0]} of {sent[BUNDLED][1]} requests / {sent['--config'][0]} of {sent['--config'][1]} |",
+    ]
+
+
+ROWS: list[Callable[[Path], list[str]]] = [
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row,
+]
 
 
 def table(work: Path) -> list[str]:

@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 CONFIG_NAME = "lines.yaml"
 DEFAULT_LISTEN = "127.0.0.1:9137"  # the daemon's status page, /metrics and /healthz
+BUNDLED = "bundled default"  # Config.origin of the lines.yaml shipped with linepicker
 MAX_CONFIG_BYTES = 16 * 2**20  # 10,000 lines take about 1 MiB
 
 
@@ -140,14 +141,19 @@ class Config:
         return f"{self.source}:{number}" if number else str(self.source)
 
     def api_key(self) -> str | None:
-        """The key is read from the environment at the last moment and kept nowhere."""
-        if not self.key_env:
+        """The key is read from the environment at the last moment and kept nowhere.
+
+        Only a config the user wrote (or `init` created) sends it: the bundled default names
+        a third-party relay the user never chose, and an OpenAI-shaped 401 already proves a line
+        reachable, so the key stays home however the variable is set.
+        """
+        if not self.key_env or self.origin == BUNDLED:
             return None
         return os.environ.get(self.key_env) or None
 
     def missing_key(self) -> str | None:
         """What a round does without its key, for commands that probe to say before they start."""
-        if not self.key_env or self.api_key():
+        if not self.key_env or self.origin == BUNDLED or self.api_key():
             return None
         chat = ", and sending no chat (a relay refuses one without the key)" if self.probe.chat else ""
         return f"{self.key_env} is not set: probing without a key{chat}"
@@ -207,7 +213,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, s
     for path, origin in candidates:
         if path.is_file():
             return path, origin
-    return bundled_config_path(), "bundled default"
+    return bundled_config_path(), BUNDLED
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, Line, find_config, parse_config, user_config_path
+from .config import BUNDLED, Config, Line, find_config, parse_config, user_config_path
 from .errors import ConfigError, LinepickerError
 from .fsutil import atomic_write
 
@@ -92,7 +92,7 @@ def init(explicit: str | os.PathLike[str] | None) -> tuple[Path, Path]:
 def editable_path(explicit: str | os.PathLike[str] | None) -> Path:
     """The file `add`/`remove` edit: the one a run would read, unless that is the bundled default."""
     path, origin = find_config(explicit)
-    if origin == "bundled default":
+    if origin == BUNDLED:
         raise ConfigError("no lines.yaml of your own yet: run 'linepicker init' first (or pass --config FILE)")
     return path
 

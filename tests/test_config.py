@@ -388,8 +388,29 @@ def test_bundled_default_is_the_last_resort() -> None:
 def test_shipped_lines_yaml_parses_cleanly(path: Path) -> None:
     config = parse_config(path.read_bytes(), path, "bundled default")
     assert config.warnings == ()
-    assert config.key_env == "OPENAI_API_KEY"
+    assert config.key_env is None, "the bundled relay lines are a third party's: no key goes to them"
     assert config.active_lines and all(line.url.startswith("https://") for line in config.lines)
+
+
+def test_the_bundled_default_sends_no_key_even_with_a_key_env(relay: Any, tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older or edited bundled file may still name key_env; while it is the config in use, no key leaves."""
+    import linepicker.config
+
+    bundled = tmp_path / "site-packages" / "lines.yaml"
+    bundled.parent.mkdir()
+    bundled.write_text(f"key_env: OPENAI_API_KEY\nprobe: {{timeout: 2, samples: 2}}\nlines:\n  - name: a\n    url: {relay.url('a')}\n")
+    monkeypatch.setattr(linepicker.config, "bundled_config_path", lambda: bundled)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key-0123456789")
+    result = run("pick")
+    assert result.exit_code == 0, result.output
+    assert "bundled default" in result.stderr and "is not set" not in result.stderr
+    assert len(relay.requests["a"]) == 2
+    assert not any("Authorization" in headers or "x-api-key" in headers for headers in relay.requests["a"])
+
+    mine = tmp_path / "lines.yaml"
+    mine.write_text(bundled.read_text())
+    assert run("pick").exit_code == 0, "./lines.yaml is the user's own"
+    assert relay.requests["a"][-1]["Authorization"] == "Bearer sk-real-openai-key-0123456789"
 
 
 # ---------------------------------------------------------------- the CLI
