@@ -334,8 +334,30 @@ def bundled_key_row(work: Path) -> list[str]:
     ]
 
 
+def userinfo_row(work: Path) -> list[str]:
+    """Item 11: proxy passwords in `doctor` (table and JSON) and in config errors, through the real CLI."""
+    import os
+    import subprocess
+
+    import yaml
+
+    secret = "s3cr3t-pw"
+    config = work / "proxy.yaml"
+    config.write_text(yaml.safe_dump({"lines": [{"name": "a", "url": "https://a.example", "proxy": f"http://alice:{secret}@127.0.0.1:3128"}]}))
+    db = str(work / "proxy.db")
+    env = {**os.environ, "HTTPS_PROXY": f"http://bob:{secret}@127.0.0.1:8080", "HOME": str(work)}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "linepicker", *argv], capture_output=True, text=True, env=env, cwd=work)  # noqa: E731
+    run("pin", "a", "--config", str(config), "--db", db)
+    shown = "".join(done.stdout + done.stderr for done in (run("doctor", "--config", str(config), "--db", db), run("doctor", "--json", "--config", str(config), "--db", db)))
+    bad = work / "bad-proxy.yaml"
+    bad.write_text(yaml.safe_dump({"lines": [{"name": "a", "url": f"https://me:{secret}@a.example"}]}))
+    error = run("pick", "--config", str(bad), "--db", db).stderr
+    return [f"| 11 | `doctor` (table and `--json`) with a line proxy and HTTPS_PROXY holding passwords; a config error quoting a URL with one | "
+            f"password shown {shown.count(secret) + error.count(secret)} times; `user:***@` shown {shown.count(':***@') + error.count(':***@')} times |"]
+
+
 ROWS: list[Callable[[Path], list[str]]] = [
-    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row,
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row,
 ]
 
 

@@ -28,7 +28,9 @@ def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except LinepickerError as exc:
-            click.echo(f"linepicker: error: {exc}", err=True)
+            from .urlmask import mask_userinfo
+
+            click.echo(f"linepicker: error: {mask_userinfo(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("linepicker: interrupted", err=True)

@@ -21,6 +21,7 @@ import yaml
 
 from . import APP_NAME
 from .errors import ConfigError
+from .urlmask import mask_userinfo
 
 CONFIG_NAME = "lines.yaml"
 DEFAULT_LISTEN = "127.0.0.1:9137"  # the daemon's status page, /metrics and /healthz
@@ -291,11 +292,12 @@ class _Validator:
         self.notes: list[str] = []
 
     def fail(self, node: yaml.Node | None, message: str) -> ConfigError:
+        """Messages quote what the file says, so a proxy's password is masked (user:***@)."""
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return ConfigError(f"{self.path}{line}: {message}")
+        return ConfigError(f"{self.path}{line}: {mask_userinfo(message)}")
 
     def warn(self, node: yaml.Node, message: str) -> None:
-        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
+        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {mask_userinfo(message)}")
 
     def note(self, node: yaml.Node, message: str) -> None:
         self.notes.append(f"{self.path}:{node.start_mark.line + 1}: {message}")

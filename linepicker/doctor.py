@@ -26,6 +26,7 @@ from .probe.outcomes import AUTH
 from .probe.timing import proxy_for
 from .store import Decision, Store
 from .targets import CLAUDE_KEY
+from .urlmask import mask_userinfo
 
 ERROR = "error"  # a client does not use the chosen line now
 WARNING = "warning"  # it will not follow the next switch, or may not reach the line the way it was measured
@@ -65,7 +66,12 @@ def diagnose(config: Config, store: Store) -> Diagnosis:
         line = config.line(choice.name)
         if line is not None and line.url == choice.url:
             findings += _proxies(config, line)
-    return Diagnosis(choice, findings, checked)
+    return Diagnosis(choice, [_masked(finding) for finding in findings], checked)
+
+
+def _masked(finding: Finding) -> Finding:
+    """Findings quote proxies, variables and files, any of which may hold a URL's password: shown as user:***@."""
+    return Finding(finding.severity, mask_userinfo(finding.what), mask_userinfo(finding.where), mask_userinfo(finding.fix))
 
 
 def client_checks(config: Config, choice: Decision, written: list[Path]) -> list[Finding]:
@@ -80,7 +86,7 @@ def client_checks(config: Config, choice: Decision, written: list[Path]) -> list
     findings = _codex(replace(config, targets=replace(config.targets, codex=codex)), environ, [])
     if any(path.resolve() in done for path in config.targets.claude_settings):
         findings += _claude_settings(config, home, cwd, environ, choice, [])
-    return findings
+    return [_masked(finding) for finding in findings]
 
 
 def _same_url(a: str, b: str) -> bool:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import re
 
+from .urlmask import mask_userinfo
+
 # The head of a binding, by python-dotenv's grammar: blank space (newlines included) before it, `export `,
 # the key (bare or single-quoted), spaces, '=', spaces.
 _HEAD = re.compile(r"(\s*)(export[^\S\r\n]+)?('[^']+'|[^=#\s]+)([^\S\r\n]*)(=[^\S\r\n]*)?")
@@ -85,7 +87,7 @@ def _rewrite(piece: str, value: str) -> str:
 def quote(value: str, old: str) -> str:
     """The value in the user's quoting (that of `old`) when both readers read it back from that, else in one that does."""
     if _UNWRITABLE.search(value):
-        raise ValueError(f"{value!r} cannot be written so that both sh and dotenv loaders read it back")
+        raise ValueError(f"{mask_userinfo(repr(value))} cannot be written so that both sh and dotenv loaders read it back")
     single = "'" not in value and "\\" not in value  # sh: no escapes inside '...'; dotenv: \\ and \' are
     double = not re.search(r"[\"\\$`]", value)  # special inside "..." to sh or dotenv
     style = old[:1]
@@ -97,4 +99,4 @@ def quote(value: str, old: str) -> str:
         return f"'{value}'"
     if double:
         return f'"{value}"'
-    raise ValueError(f"{value!r} cannot be quoted so that both sh and dotenv loaders read it back")
+    raise ValueError(f"{mask_userinfo(repr(value))} cannot be quoted so that both sh and dotenv loaders read it back")

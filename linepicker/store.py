@@ -577,12 +577,19 @@ def _common_columns(round_id: int, line_ids: dict[str, int], sample: "Sample | C
         "started_at": sample.started_at,
         "outcome": sample.outcome,
         "status": sample.status,
-        "error": sample.error,
+        "error": _masked(sample.error),
         "dns_ms": sample.phases.dns_ms,
         "connect_ms": sample.phases.connect_ms,
         "tls_ms": sample.phases.tls_ms,
         "key_sent": int(sample.key_sent),
     }
+
+
+def _masked(error: str | None) -> str | None:
+    """Error text may quote a proxy URL with its password; it is kept and shown masked (user:***@)."""
+    from .urlmask import mask_userinfo
+
+    return None if error is None else mask_userinfo(error)
 
 
 def _explain(exc: sqlite3.DatabaseError) -> str:

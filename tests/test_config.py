@@ -527,3 +527,18 @@ def test_any_yaml_document_gives_a_config_or_a_config_error(document: Any, flow:
 @given(cut=st.integers(0, len(FULL)), junk=st.text(max_size=8))
 def test_a_damaged_real_config_gives_a_config_or_a_config_error(cut: int, junk: str) -> None:
     _parses_or_config_error(FULL[:cut] + junk + FULL[cut:], Path("/fuzz/lines.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "lines:\n  - name: a\n    url: https://me:s3cr3t-pw@a.example\n",
+        "lines:\n  - name: a\n    url: https://a.example\n    proxy: socks5://me:s3cr3t-pw@p.local:1080\n",
+        "lines:\n  - name: a\n    url: https://a.example\n    proxy: 'http://me:s3cr3t-pw@[::1'\n",
+        "lines:\n  - name: a\n    url: 'https://s3cr3t-pw@a.example/$x'\n",
+    ],
+    ids=["url-credentials", "socks-proxy", "unclosed-ipv6-proxy", "token-userinfo"],
+)
+def test_config_errors_mask_a_urls_password(cfg: Path, text: str) -> None:
+    message = error_of(text, cfg)
+    assert "s3cr3t-pw" not in message and "***@" in message

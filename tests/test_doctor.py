@@ -222,6 +222,29 @@ def test_proxies_and_certificates_the_clients_will_not_share(write_config, run, 
 @pytest.mark.parametrize(
     "line, env",
     [
+        ({"proxy": "http://alice:s3cr3t-pw@127.0.0.1:3128"}, {}),
+        ({"proxy": "http://alice:s3cr3t-pw@127.0.0.1:3128"}, {"HTTPS_PROXY": "http://bob:s3cr3t-pw@corp:8080"}),
+        ({"proxy": "none"}, {"HTTPS_PROXY": "http://bob:s3cr3t-pw@corp:8080"}),
+        ({}, {"ALL_PROXY": "http://s3cr3t-pw@corp:8080"}),
+        ({}, {"HTTPS_PROXY": "http://a:s3cr3t-pw@p:1", "https_proxy": "http://b:s3cr3t-pw@p:2"}),
+    ],
+)
+def test_doctor_never_prints_a_proxy_password(write_config, run, monkeypatch: pytest.MonkeyPatch, line: dict, env: dict) -> None:
+    config = write_config([{"name": "a", "url": "https://a.example", **line}])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run("pin", "a", "--config", str(config)).exit_code == 0
+    table = run("doctor", "--config", str(config))
+    findings = doctor(run, config)
+    assert findings and table.exit_code == 1
+    shown = table.output + json.dumps(findings)
+    assert "s3cr3t-pw" not in shown
+    assert ":***@" in shown or "//***@" in shown
+
+
+@pytest.mark.parametrize(
+    "line, env",
+    [
         ({"proxy": "http://127.0.0.1:3128"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}),
         ({"proxy": "none"}, {"HTTPS_PROXY": "http://corp:8080", "NO_PROXY": "a.example"}),
         ({}, {"HTTPS_PROXY": "http://corp:8080", "ALL_PROXY": "http://corp:8080"}),

@@ -171,3 +171,17 @@ def test_a_database_from_a_newer_release_is_refused_by_every_command(tmp_path: P
     assert errors == [f"linepicker: error: {db}: written by a newer linepicker (migration 0099_weights is unknown to linepicker {__version__}); upgrade linepicker, or use another --db"]
     assert "Traceback" not in done.stderr
     assert db.read_bytes() == before
+
+
+def test_error_text_quoting_a_proxy_password_is_stored_masked(tmp_path: Path) -> None:
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
+
+    path = tmp_path / "lp.db"
+    with Store(path) as store:
+        ids = store.line_ids([Line("a", "https://a.example")])
+        error = "cannot connect through proxy http://alice:s3cr3t-pw@127.0.0.1:3128"
+        store.add_samples(store.start_round("pick"), ids, [Sample("a", 0, 1.0, "proxy", False, Phases(), error=error)])
+        [(stored,)] = store.conn.execute("select error from samples").fetchall()
+    assert stored == "cannot connect through proxy http://alice:***@127.0.0.1:3128"
+    assert b"s3cr3t-pw" not in path.read_bytes()
