@@ -356,8 +356,20 @@ def userinfo_row(work: Path) -> list[str]:
             f"password shown {shown.count(secret) + error.count(secret)} times; `user:***@` shown {shown.count(':***@') + error.count(':***@')} times |"]
 
 
+def shell_quoting_row(work: Path) -> list[str]:
+    """Item 13: what cmd and PowerShell are given for a value holding their special characters (no cmd or pwsh here to run it)."""
+    from linepicker.shellenv import shell_exports
+
+    url = 'https://r.example/"%&^!|<>\u2019x'
+    cmd = shell_exports(url, "cmd").splitlines()[2]
+    powershell = shell_exports(url, "powershell").splitlines()[2]
+    cell = lambda text: "`` " + text.replace("|", "\\|") + " ``"  # noqa: E731
+    return [f"| 13 | `env --shell cmd` / `--shell powershell` for {cell(url)} (text only: neither shell runs on this machine) | "
+            f"{cell(cmd)} / {cell(powershell)} |"]
+
+
 ROWS: list[Callable[[Path], list[str]]] = [
-    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row,
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row,
 ]
 
 

@@ -122,6 +122,28 @@ def test_single_quote_in_url_is_quoted_for_each_shell() -> None:
     assert shell_exports(url, "powershell").splitlines()[2] == "$env:ANTHROPIC_BASE_URL = 'https://relay.example/it''s'"
 
 
+@pytest.mark.parametrize(
+    "url, line",
+    [
+        ("https://r.example/a%41b", 'set "ANTHROPIC_BASE_URL=https://r.example/a%%41b"'),
+        ("https://r.example/%PATH%", 'set "ANTHROPIC_BASE_URL=https://r.example/%%PATH%%"'),
+        ("https://r.example/a&b|c<d>e^f!g(h)", 'set "ANTHROPIC_BASE_URL=https://r.example/a&b|c<d>e^f!g(h)"'),
+        ('https://r.example/a"&b|c<d>e^f!g(h)"&i', 'set "ANTHROPIC_BASE_URL=https://r.example/a"^&b^|c^<d^>e^^f^!g^(h^)"&i"'),
+        ('https://r.example/"%&', 'set "ANTHROPIC_BASE_URL=https://r.example/"%%^&"'),
+    ],
+    ids=["percent-escape", "variable", "specials-inside-quotes", "specials-after-a-quote", "quote-percent-ampersand"],
+)
+def test_cmd_exports_escape_what_a_batch_file_would_act_on(url: str, line: str) -> None:
+    """cmd expands % even inside quotes; each " in the value turns quoting off or on, and outside it & | < > ^ ( ) ! need ^."""
+    assert shell_exports(url, "cmd").splitlines()[2] == line
+
+
+@pytest.mark.parametrize("quote", ["'", "\u2018", "\u2019", "\u201a", "\u201b"], ids=["apostrophe", "left", "right", "low", "reversed"])
+def test_powershell_doubles_every_character_it_takes_for_a_single_quote(quote: str) -> None:
+    url = f"https://r.example/it{quote}s;Remove-Item x"
+    assert shell_exports(url, "powershell").splitlines()[2] == f"$env:ANTHROPIC_BASE_URL = 'https://r.example/it{quote * 2}s;Remove-Item x'"
+
+
 def test_fish_quoting_escapes_backslashes_that_fish_reads_inside_single_quotes() -> None:
     """In fish, '\\\\' inside single quotes is one backslash, and a trailing '\\' would escape the closing quote."""
     line = shell_exports("https://relay.example/a\\b\\", "fish").splitlines()[2]
