@@ -368,8 +368,73 @@ def shell_quoting_row(work: Path) -> list[str]:
             f"{cell(cmd)} / {cell(powershell)} |"]
 
 
+MEASURED_CHILD = r"""
+import atexit, os, sys
+def report():
+    with open("/proc/self/status") as status, open(os.environ["BENCH_HWM_FILE"], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(report)
+sys.argv[0] = "linepicker"
+from linepicker.cli import main
+main()
+"""
+
+
+def cli_measured(*argv: str) -> tuple[int, float, float, str]:
+    """The real CLI: exit code, seconds from spawn to exit, its own peak RSS in MiB (VmHWM), stderr."""
+    import os
+    import subprocess
+    import time
+
+    with tempfile.NamedTemporaryFile("r") as hwm:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", MEASURED_CHILD, *argv], capture_output=True, text=True,
+                              env={**os.environ, "BENCH_HWM_FILE": hwm.name}, timeout=300)
+        took = time.perf_counter() - started
+        peak = int(hwm.read() or 0) / 1024
+    return done.returncode, took, peak, done.stderr
+
+
+def bounds_rows(work: Path) -> list[str]:
+    """Item 15: numbers bounded where they are parsed: config durations, --since spans, --listen ports."""
+    import time
+
+    import yaml
+
+    from linepicker.config import Line, load_config
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
+    from linepicker.store import Store
+
+    good = {"lines": [{"name": "a", "url": "http://127.0.0.1:9"}]}
+    config = work / "bounds.yaml"
+    refused = []
+    for key, value in (("interval", 100000000000000), ("down_interval", "2d"), ("timeout", "11m")):
+        config.write_text(yaml.safe_dump({**good, "probe": {key: value}}))
+        code, _, _, err = cli_measured("status", "--config", str(config), "--db", str(work / "bounds.db"))
+        refused.append(code == 2 and len(err.strip().splitlines()) == 1 and "up to" in err)
+    config.write_text(yaml.safe_dump(good))
+    db = work / "bounds.db"
+    with Store(db) as store:  # a day of samples, once a minute, to draw
+        ids = store.line_ids([Line("a", "http://127.0.0.1:9")])
+        now = time.time()
+        store.add_samples(store.start_round("daemon"), ids, [Sample("a", 0, now - m * 60, "ok", True, Phases(ttfb_ms=40.0)) for m in range(1440)])
+    rows = [f"| 15 | `probe.interval: 100000000000000`, `probe.down_interval: 2d`, `probe.timeout: 11m` | "
+            f"{sum(refused)} of {len(refused)} one-line config errors, exit 2 |"]
+    for argv in (["history", "--since", "9999999d"], ["report", "--html", str(work / "r.html"), "--since", "10000000d"],
+                 ["report", "--html", str(work / "r.html"), "--since", "3650d"], ["history", "--since", "3650d"]):
+        code, took, peak, err = cli_measured(*argv, "--config", str(config), "--db", str(db))
+        said = (err.strip().splitlines() or [""])[-1].replace(str(work), "…").replace("|", "\\|")
+        rows.append(f"| 15 | `{' '.join(a if not a.startswith(str(work)) else Path(a).name for a in argv)}` | exit {code} in {took:.2f} s, "
+                    f"peak RSS {peak:.0f} MiB{': ' + said if code else ''} |")
+    code, took, _, err = cli_measured("daemon", "--config", str(config), "--db", str(db), "--listen", "127.0.0.1:\u00b2")
+    rows.append(f"| 15 | `daemon --listen 127.0.0.1:\u00b2` (a digit to str.isdigit) | exit {code}, "
+                f"{'traceback' if 'Traceback' in err else 'one line'} |")
+    return rows
+
+
 ROWS: list[Callable[[Path], list[str]]] = [
-    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row,
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row, bounds_rows,
 ]
 
 

@@ -468,14 +468,17 @@ def remove(name: str, config_path: str | None, as_json: bool) -> None:
 
 def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
     def seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-        from .config import parse_duration
+        from .config import MAX_SPAN_S, parse_duration
 
         if value is None:
             return None
         try:
-            return parse_duration(value)
+            span = parse_duration(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
+        if span > MAX_SPAN_S:  # past any retention there is nothing to show, and the buckets would still be drawn
+            raise click.BadParameter(f"at most {MAX_SPAN_S / 86400:g}d (the longest retention), got {value!r}")
+        return span
 
     return click.option(
         "--since",

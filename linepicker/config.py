@@ -181,7 +181,7 @@ def parse_listen(text: str) -> Listen:
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:  # '²' is a digit to isdigit()
         raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
     return Listen(host, int(port))
 
@@ -264,6 +264,29 @@ _YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # PyYAML's line breaks:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # In a BaseURL: whitespace, quotes, shell and template metacharacters, stray '%', controls (C0, DEL, C1).
 _URL_NEVER = re.compile(r"""[\s"'`$\\<>{}|^\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})""")
+
+
+YEAR_S = 365 * 86400.0
+MAX_SPAN_S = 10 * YEAR_S  # the longest retention, so the longest period `history` and `report` can show
+# Every duration is bounded where it is read: a timer, a deadline or a window of 10^14 s overflows
+# the scheduler and the clock arithmetic long after the config was accepted.
+MAX_DURATION_S = {
+    "probe.timeout": 600.0,
+    "probe.chat.timeout": 600.0,
+    "probe.interval": 86400.0,
+    "probe.down_interval": 86400.0,
+    "policy.window": 30 * 86400.0,
+    "retention.raw": MAX_SPAN_S,
+    "retention.hourly": MAX_SPAN_S,
+}
+
+
+def _span(seconds: float) -> str:
+    """600 -> '10m', 86400 -> '1d': a bound as the config would write it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(value: object) -> float:
@@ -361,7 +384,8 @@ class _Validator:
         return value
 
     def duration(self, node: yaml.Node, what: str) -> float:
-        return self.number(node, what, parse_duration, lambda v: True, "a positive duration")
+        high = MAX_DURATION_S[what]
+        return self.number(node, what, parse_duration, lambda v: v <= high, f"a positive duration up to {_span(high)}")
 
     def whole(self, node: yaml.Node, what: str, low: int, high: int) -> int:
         def convert(value: Any) -> int:

@@ -398,9 +398,11 @@ def test_a_second_daemon_through_a_symlinked_path_is_refused(relay: Relay, write
         first.communicate(timeout=10)
 
 
-def test_the_listen_address_is_checked(write_config, relay: Relay, run) -> None:
+@pytest.mark.parametrize("listen", ["127.0.0.1:http", "127.0.0.1:\u00b2", "127.0.0.1:" + "9" * 5000, "127.0.0.1:65536", "127.0.0.1:-1"])
+@pytest.mark.parametrize("command", [["daemon"], ["service", "install"]])
+def test_the_listen_address_is_checked(write_config, relay: Relay, run, listen: str, command: list[str]) -> None:
     config = write_config({"a": relay.url("a")})
-    result = run("daemon", "--config", str(config), "--listen", "127.0.0.1:http")
+    result = run(*command, "--config", str(config), "--listen", listen)
     assert result.exit_code == 2
     assert "expected HOST:PORT" in result.stderr
 
