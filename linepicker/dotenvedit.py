@@ -89,14 +89,16 @@ def quote(value: str, old: str) -> str:
     if _UNWRITABLE.search(value):
         raise ValueError(f"{mask_userinfo(repr(value))} cannot be written so that both sh and dotenv loaders read it back")
     single = "'" not in value and "\\" not in value  # sh: no escapes inside '...'; dotenv: \\ and \' are
-    double = not re.search(r"[\"\\$`]", value)  # special inside "..." to sh or dotenv
+    # Inside "...", sh and dotenv both read \\ and \" as \ and "; $ and ` only sh expands, and \$ only sh undoes.
+    double = not re.search(r"[$`]", value)
+    doubled = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     style = old[:1]
     if style not in ("'", '"') and _SAFE_BARE.fullmatch(value):
         return value
     if style == '"' and double:
-        return f'"{value}"'
+        return doubled
     if single:
         return f"'{value}'"
     if double:
-        return f'"{value}"'
+        return doubled
     raise ValueError(f"{mask_userinfo(repr(value))} cannot be quoted so that both sh and dotenv loaders read it back")
