@@ -358,7 +358,7 @@ def userinfo_row(work: Path) -> list[str]:
 
 def shell_quoting_row(work: Path) -> list[str]:
     """Item 13: what cmd and PowerShell are given for a value holding their special characters (no cmd or pwsh here to run it)."""
-    from linepicker.shellenv import shell_exports
+    from linepicker.clientenv import shell_exports
 
     url = 'https://r.example/"%&^!|<>\u2019x'
     cmd = shell_exports(url, "cmd").splitlines()[2]
@@ -433,8 +433,43 @@ def bounds_rows(work: Path) -> list[str]:
     return rows
 
 
+def read_only_row(work: Path) -> list[str]:
+    """Item 21: the readers on a read-only bind mount of the database's directory (root, a mount namespace of its own)."""
+    import os
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from linepicker.store import Store
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return ["| 21 | readers on a read-only filesystem | not measured: needs root for a read-only mount |"]
+    state, mount, out = work / "ro-state", work / "ro-mnt", work / "ro-out"
+    for directory in (state, mount, out):
+        directory.mkdir()
+    with Store(state / "lp.db") as store:
+        store.record_decision("a", "https://a.example", None, "bench", None)
+    config = work / "ro.yaml"
+    config.write_text(yaml.safe_dump({"lines": [{"name": "a", "url": "https://a.example"}]}))
+    console = Path(sys.executable).parent / "linepicker"
+    readers = {"env": "env", "status": "status --json", "history": "history --json", "doctor": "doctor --json",
+               "report": f"report --html {out}/r.html", "pick": "pick --json"}
+    script = [f"mount --bind {state} {mount} && mount -o remount,bind,ro {mount}"]
+    for name, args in readers.items():
+        extra = "" if name == "env" else f" --config {config}"
+        script.append(f"{console} {args} --db {mount}/lp.db{extra} >/dev/null 2>{out}/{name}.err; echo $? >{out}/{name}.rc")
+    subprocess.run(["unshare", "-m", "sh", "-c", "; ".join(script)], capture_output=True, timeout=300)
+    results = {name: (int((out / f"{name}.rc").read_text() or 99), (out / f"{name}.err").read_text()) for name in readers}
+    worked = [name for name, (code, err) in results.items() if name != "pick" and code in (0, 1) and "error:" not in err]
+    pick_code, pick_err = results["pick"]
+    said = (pick_err.strip().splitlines() or [""])[-1].replace(str(mount), "…")
+    return [f"| 21 | `env`, `status`, `history`, `doctor`, `report` on a read-only mount of the database's directory; then `pick` | "
+            f"{len(worked)} of {len(readers) - 1} read it; `pick` exit {pick_code}: {said} |"]
+
+
 ROWS: list[Callable[[Path], list[str]]] = [
-    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row, bounds_rows,
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row, bounds_rows, read_only_row,
 ]
 
 

@@ -25,7 +25,7 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(f"{file_uri(path)}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = open_read_only(path)
         try:
             refuse_newer(conn, path)
             row = conn.execute(CHOICE_QUERY).fetchone()
@@ -38,6 +38,24 @@ def last_choice(path: str) -> tuple[str, str, str | None, str, float] | None:
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: not a usable linepicker database ({exc})") from None
     return tuple(row) if row else None  # type: ignore[return-value]
+
+
+def open_read_only(path: str) -> sqlite3.Connection:
+    """Open the database for reading only, also where nothing can be written (a read-only disk or directory).
+
+    A WAL database's first read creates its -shm file; where that cannot be made, the file is read
+    as immutable: without the -shm and without locks, which is safe where no process can write it.
+    """
+    uri = file_uri(path)
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        conn.execute("select count(*) from sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" not in str(exc):
+            raise
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S)
 
 
 def refuse_newer(conn: sqlite3.Connection, path: object) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
 from .errors import StoreError
-from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice, refuse_newer
+from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice, open_read_only, refuse_newer
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -248,23 +248,50 @@ MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
 class Store:
     def __init__(self, path: Path):
         self.path = path
-        conn = None
+        self.read_only = False  # True: opened where nothing can be written (see _open_read_only)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
-            self._refuse_foreign()
-            refuse_newer(conn, path)
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=normal")
-            self._migrate()
+            self._open()
         except (sqlite3.DatabaseError, OSError, StoreError) as exc:
-            if conn is not None:
-                conn.close()
             if isinstance(exc, StoreError):
                 raise
             if isinstance(exc, OSError):
                 raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
             raise StoreError(f"{path}: cannot use the database: {_explain(exc)}") from None
+
+    def _open(self) -> None:
+        path = self.path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            self._refuse_foreign()
+            refuse_newer(conn, path)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self._migrate()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if not ("unable to open" in str(exc) or "readonly" in str(exc)) or not path.is_file():
+                raise
+            self._open_read_only()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _open_read_only(self) -> None:
+        """A read-only disk or directory: WAL readers want a -shm file beside the database, which cannot be
+        created there, so read the file as it stands (see lastchoice.open_read_only). Reading commands work;
+        the first write is a one-line error."""
+        self.conn = conn = open_read_only(str(self.path))
+        self.read_only = True
+        try:
+            self._refuse_foreign()
+            refuse_newer(conn, self.path)
+            if self._pending():
+                raise StoreError(f"{self.path}: read-only, and written by an older linepicker: open it once where it can be written, to upgrade it")
+        except BaseException:
+            conn.close()
+            raise
 
     @functools.cached_property
     def db(self) -> "sqlite_utils.Database":
@@ -346,6 +373,10 @@ class Store:
         def find(line: "Line") -> int | None:
             row = self.conn.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
             return row[0] if row else None
+
+        if self.read_only:
+            # Nothing can be inserted: a line the file has never seen gets an id no row has (so no history).
+            return {line.name: found if (found := find(line)) is not None else -1 - n for n, line in enumerate(lines)}
 
         def upsert() -> dict[str, int]:
             ids = {}
