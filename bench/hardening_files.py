@@ -468,19 +468,48 @@ def read_only_row(work: Path) -> list[str]:
             f"{len(worked)} of {len(readers) - 1} read it; `pick` exit {pick_code}: {said} |"]
 
 
+def service_rows(work: Path) -> list[str]:
+    """Item 23: `service install` with the bundled config, and a unit for paths holding % $ " and spaces, read by systemd-analyze."""
+    import os
+    import shutil
+    import subprocess
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(work / "xdg"), "HOME": str(work / "home")}
+    env.pop("LINEPICKER_CONFIG", None)
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "linepicker", *argv], capture_output=True, text=True, env=env, cwd=work)  # noqa: E731
+    bundled = run("service", "install")
+    said = (bundled.stderr.strip().splitlines() or [""])[-1]
+    odd = work / 'svc %z $HOME "q"'
+    odd.mkdir()
+    (odd / "lines.yaml").write_text("lines:\n  - name: a\n    url: https://a.example\n")
+    installed = run("service", "install", "--config", str(odd / "lines.yaml"), "--db", str(odd / "lp.db"))
+    unit = work / "xdg" / "systemd" / "user" / "linepicker.service"
+    verdict = "systemd-analyze not installed"
+    if shutil.which("systemd-analyze") and unit.exists():
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        verdict = f"`systemd-analyze verify` exit {verified.returncode}" + (f": {verified.stderr.strip().splitlines()[0]}" if verified.returncode else "")
+    text = unit.read_text() if unit.exists() else ""
+    return [
+        f"| 23 | `service install` with only the bundled lines.yaml | exit {bundled.returncode}: {said} |",
+        f"| 23 | `service install` for a config under `svc %z $HOME \"q\"/` | exit {installed.returncode}; {verdict}; "
+        f"`After=network-online.target` {'present' if 'network-online' in text else 'absent'} |",
+    ]
+
+
 ROWS: list[Callable[[Path], list[str]]] = [
-    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row, bounds_rows, read_only_row,
+    roll_up_row, settings_rows, dotenv_rows, config_edit_row, daemon_lock_row, newer_database_row, bundled_key_row, userinfo_row, shell_quoting_row, bounds_rows, read_only_row, service_rows,
 ]
 
 
 def table(work: Path) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     rows = ["| item | case | result (measured in this run) |", "| ---: | --- | --- |"]
+    measured = []
     for build in ROWS:
         for row in build(work):
-            rows.append(row)
+            measured.append(row)
             print(row, file=sys.stderr)
-    return rows
+    return rows + sorted(measured, key=lambda row: int(row.split("|")[1]))  # by item number, stable within one
 
 
 def main() -> None:

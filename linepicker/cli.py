@@ -349,12 +349,15 @@ def service_install(config_path: str | None, db_path: str | None, listen: str, a
     Example:
         linepicker service install --config ~/relay/lines.yaml
     """
-    from .config import parse_listen
+    from .config import BUNDLED, parse_listen
+    from .errors import ConfigError
     from .report import terminal
     from .service import install
 
     parse_listen(listen)
     config = _load(config_path)
+    if config.origin == BUNDLED:  # inside the installed package: a reinstall would take it, and the key file beside it, away
+        raise ConfigError("no lines.yaml of your own yet: run 'linepicker init' first (or pass --config FILE), then install the service")
     unit = install(config.source, _db_path(db_path), listen)
     terminal.service_installed(unit, as_json)
 

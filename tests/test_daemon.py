@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -439,13 +440,40 @@ def test_service_install_writes_a_unit_that_runs_this_daemon(write_config, relay
     unit = Path(data["path"])
     assert unit == tmp_path / "xdg-config" / "systemd" / "user" / "linepicker.service"
     text = unit.read_text()
-    assert f"-m linepicker daemon --config {config} --db " in text
+    assert f'"-m" "linepicker" "daemon" "--config" "{config}" "--db" ' in text
+    assert "network-online" not in text, "a user manager has no network-online.target: After= on it does nothing"
     assert "EnvironmentFile=-" in text and "OPENAI_API_KEY" not in text
     assert any("systemctl --user enable --now linepicker" in step for step in data["next_steps"])
     assert json.loads(run("service", "install", "--config", str(config), "--json").stdout)["changed"] is False
     assert json.loads(run("service", "uninstall", "--json", db=None).stdout) == {"removed": str(unit)}
     assert not unit.exists()
     assert run("service", "uninstall", db=None).stdout.startswith("no linepicker service file")
+
+
+def test_service_install_refuses_the_bundled_config(run, tmp_path: Path) -> None:
+    result = run("service", "install")
+    assert result.exit_code == 2
+    assert "run 'linepicker init' first" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "xdg-config" / "systemd").exists()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze reads the unit as systemd would")
+def test_a_unit_for_paths_with_percent_dollar_quotes_and_spaces_is_read_back_by_systemd(relay: Relay, run, tmp_path: Path) -> None:
+    """systemd expands %-specifiers and $VARIABLES in ExecStart even inside quotes: '%z' is no specifier, so an unescaped one fails."""
+    odd = tmp_path / 'my %z $HOME "relay" dir'
+    odd.mkdir()
+    config = odd / "lines.yaml"
+    config.write_text(f"lines:\n  - name: a\n    url: {relay.url('a')}\n")
+    result = run("service", "install", "--config", str(config), "--json", db=odd / "lp.db")
+    assert result.exit_code == 0, result.output
+    unit = Path(json.loads(result.stdout)["path"])
+    text = unit.read_text()
+    escaped = str(odd).replace("%", "%%").replace("$", "$$").replace('"', '\\"')
+    assert f'"--config" "{escaped}/lines.yaml" "--db" "{escaped}/lp.db"' in text
+    assert f"EnvironmentFile=-{str(odd).replace('%', '%%')}/linepicker.env" in text
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    assert "specifier" not in verified.stderr
 
 
 def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: Path) -> None:
