@@ -52,7 +52,8 @@ def _refuse_surrogates(document: object) -> None:
         value = pending.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                raise JSONError(f"a lone UTF-16 surrogate escape in {value.encode('utf-8', 'backslashreplace').decode('ascii', 'replace')[:40]!r}")
+                # The value itself is not quoted: it may be a token (settings.json holds env values).
+                raise JSONError("a string holds a lone UTF-16 surrogate escape (such as \\ud83d), which no UTF-8 text can carry")
         elif isinstance(value, (list, tuple)):
             pending.extend(value)
 
