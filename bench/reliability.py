@@ -35,6 +35,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import trustme  # noqa: E402
 import yaml  # noqa: E402
 from children import KILLED_WRITER  # noqa: E402
+
+import hardening_files  # noqa: E402  (bench/ is on sys.path when run as a script)
 from servers import (  # noqa: E402
     MODELS_BODY,
     ServerThread,
@@ -295,6 +297,7 @@ def main() -> None:
         ("Scale", lambda: scale_table(server, work)),
         ("Database (via `linepicker pick`)", lambda: database_table(server, work)),
         ("SIGKILL during target writes", lambda: kill_table(work / "kill")),
+        ("Files, database and input (issue 11)", lambda: hardening_files.table(work / "files")),
     ]
     for title, build in sections:
         print(f"### {title}\n")

@@ -28,7 +28,9 @@ def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except LinepickerError as exc:
-            click.echo(f"linepicker: error: {exc}", err=True)
+            from .urlmask import mask_userinfo
+
+            click.echo(f"linepicker: error: {mask_userinfo(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("linepicker: interrupted", err=True)
@@ -347,12 +349,15 @@ def service_install(config_path: str | None, db_path: str | None, listen: str, a
     Example:
         linepicker service install --config ~/relay/lines.yaml
     """
-    from .config import parse_listen
+    from .config import BUNDLED, parse_listen
+    from .errors import ConfigError
     from .report import terminal
     from .service import install
 
     parse_listen(listen)
     config = _load(config_path)
+    if config.origin == BUNDLED:  # inside the installed package: a reinstall would take it, and the key file beside it, away
+        raise ConfigError("no lines.yaml of your own yet: run 'linepicker init' first (or pass --config FILE), then install the service")
     unit = install(config.source, _db_path(db_path), listen)
     terminal.service_installed(unit, as_json)
 
@@ -466,14 +471,17 @@ def remove(name: str, config_path: str | None, as_json: bool) -> None:
 
 def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
     def seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-        from .config import parse_duration
+        from .config import MAX_SPAN_S, parse_duration
 
         if value is None:
             return None
         try:
-            return parse_duration(value)
+            span = parse_duration(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
+        if span > MAX_SPAN_S:  # past any retention there is nothing to show, and the buckets would still be drawn
+            raise click.BadParameter(f"at most {MAX_SPAN_S / 86400:g}d (the longest retention), got {value!r}")
+        return span
 
     return click.option(
         "--since",

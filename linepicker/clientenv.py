@@ -17,7 +17,8 @@ RC_LINES = {
     "zsh": ("~/.zshrc", 'eval "$(linepicker env --shell zsh)"'),
     "fish": ("~/.config/fish/config.fish", "linepicker env --shell fish | source"),
     "powershell": ("$PROFILE", "linepicker env --shell powershell | Out-String | Invoke-Expression"),
-    "cmd": ("an AutoRun .cmd file", "for /f \"delims=\" %%i in ('linepicker env --shell cmd') do %%i"),
+    # A batch file, as the exports are escaped for one (a `for /f ... do %%i` loop would not undo %%).
+    "cmd": ("an AutoRun .cmd file", 'linepicker env --shell cmd > "%TEMP%\\linepicker-env.cmd" && call "%TEMP%\\linepicker-env.cmd"'),
 }
 
 # Shells that read the same export syntax: bash's exports are zsh's too (and sh's).
@@ -44,10 +45,37 @@ def _export_line(name: str, value: str, shell: str) -> str:
     if shell == "fish":
         return f"set -gx {name} {_fish_quote(value)};"
     if shell == "powershell":
-        return f"$env:{name} = '{value.replace(chr(39), chr(39) * 2)}'"
+        return f"$env:{name} = '{_powershell_quote(value)}'"
     if shell == "cmd":
-        return f'set "{name}={value}"'
+        return f'set "{name}={_cmd_quote(value)}"'
     raise ValueError(f"unknown shell {shell!r}; choose one of {', '.join(SHELLS)}")
+
+
+def _powershell_quote(value: str) -> str:
+    """Inside '...' PowerShell ends the string at any of ' ‘ ’ ‚ ‛, and reads each one doubled as itself."""
+    return "".join(char * 2 if char in "'\u2018\u2019\u201a\u201b" else char for char in value)
+
+
+def _cmd_quote(value: str) -> str:
+    """The value inside `set "NAME=..."` as a batch file reads it (delayed expansion off, cmd's default).
+
+    `%` expands even between quotes, so it is doubled. Between quotes & | < > ^ ( ) ! are plain
+    text, but each `"` in the value turns the quoting off or on again, and where it is off they
+    are escaped with ^. `set` itself keeps every quote but the first and the last.
+    """
+    out = []
+    quoted = True
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+            out.append(char)
+        elif char == "%":
+            out.append("%%")
+        elif not quoted and char in "^&|<>()!":
+            out.append("^" + char)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _posix_quote(value: str) -> str:

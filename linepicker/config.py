@@ -21,9 +21,11 @@ import yaml
 
 from . import APP_NAME
 from .errors import ConfigError
+from .urlmask import mask_userinfo
 
 CONFIG_NAME = "lines.yaml"
 DEFAULT_LISTEN = "127.0.0.1:9137"  # the daemon's status page, /metrics and /healthz
+BUNDLED = "bundled default"  # Config.origin of the lines.yaml shipped with linepicker
 MAX_CONFIG_BYTES = 16 * 2**20  # 10,000 lines take about 1 MiB
 
 
@@ -140,14 +142,19 @@ class Config:
         return f"{self.source}:{number}" if number else str(self.source)
 
     def api_key(self) -> str | None:
-        """The key is read from the environment at the last moment and kept nowhere."""
-        if not self.key_env:
+        """The key is read from the environment at the last moment and kept nowhere.
+
+        Only a config the user wrote (or `init` created) sends it: the bundled default names
+        a third-party relay the user never chose, and an OpenAI-shaped 401 already proves a line
+        reachable, so the key stays home however the variable is set.
+        """
+        if not self.key_env or self.origin == BUNDLED:
             return None
         return os.environ.get(self.key_env) or None
 
     def missing_key(self) -> str | None:
         """What a round does without its key, for commands that probe to say before they start."""
-        if not self.key_env or self.api_key():
+        if not self.key_env or self.origin == BUNDLED or self.api_key():
             return None
         chat = ", and sending no chat (a relay refuses one without the key)" if self.probe.chat else ""
         return f"{self.key_env} is not set: probing without a key{chat}"
@@ -174,7 +181,7 @@ def parse_listen(text: str) -> Listen:
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:  # '²' is a digit to isdigit()
         raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
     return Listen(host, int(port))
 
@@ -207,7 +214,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, s
     for path, origin in candidates:
         if path.is_file():
             return path, origin
-    return bundled_config_path(), "bundled default"
+    return bundled_config_path(), BUNDLED
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
@@ -242,7 +249,7 @@ def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Con
         raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.reader.ReaderError as exc:
         # Its str() spans two lines and names "<unicode string>", not the file.
-        line = data.count("\n", 0, exc.position) + 1
+        line = len(_YAML_BREAK.findall(data, 0, exc.position)) + 1
         raise ConfigError(f"{path}:{line}: invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
@@ -253,6 +260,33 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # PyYAML's line breaks: its marks count lines by these
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# In a BaseURL: whitespace, quotes, shell and template metacharacters, stray '%', controls (C0, DEL, C1).
+_URL_NEVER = re.compile(r"""[\s"'`$\\<>{}|^\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})""")
+
+
+YEAR_S = 365 * 86400.0
+MAX_SPAN_S = 10 * YEAR_S  # the longest retention, so the longest period `history` and `report` can show
+# Every duration is bounded where it is read: a timer, a deadline or a window of 10^14 s overflows
+# the scheduler and the clock arithmetic long after the config was accepted.
+MAX_DURATION_S = {
+    "probe.timeout": 600.0,
+    "probe.chat.timeout": 600.0,
+    "probe.interval": 86400.0,
+    "probe.down_interval": 86400.0,
+    "policy.window": 30 * 86400.0,
+    "retention.raw": MAX_SPAN_S,
+    "retention.hourly": MAX_SPAN_S,
+}
+
+
+def _span(seconds: float) -> str:
+    """600 -> '10m', 86400 -> '1d': a bound as the config would write it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(value: object) -> float:
@@ -281,11 +315,12 @@ class _Validator:
         self.notes: list[str] = []
 
     def fail(self, node: yaml.Node | None, message: str) -> ConfigError:
+        """Messages quote what the file says, so a proxy's password is masked (user:***@)."""
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return ConfigError(f"{self.path}{line}: {message}")
+        return ConfigError(f"{self.path}{line}: {mask_userinfo(message)}")
 
     def warn(self, node: yaml.Node, message: str) -> None:
-        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
+        self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: {mask_userinfo(message)}")
 
     def note(self, node: yaml.Node, message: str) -> None:
         self.notes.append(f"{self.path}:{node.start_mark.line + 1}: {message}")
@@ -309,7 +344,7 @@ class _Validator:
             raise self.fail(node, f"{what} must be a single value")
         loader = yaml.SafeLoader("")
         try:
-            return loader.construct_object(node)
+            value = loader.construct_object(node)
         except yaml.MarkedYAMLError as exc:
             # Only the problem: str(exc) adds a multi-line excerpt of "<unicode string>".
             raise self.fail(node, f"{what}: {exc.problem}") from None
@@ -319,6 +354,10 @@ class _Validator:
             raise self.fail(node, f"{what}: {node.value!r} is not a valid {node.tag} value") from None
         finally:
             loader.dispose()
+        if isinstance(value, str) and _SURROGATE.search(value):
+            # "\ud83d" in a double-quoted YAML string: no file, argv or URL can carry it (UTF-8 refuses it).
+            raise self.fail(node, f"{what} holds a lone UTF-16 surrogate escape (such as \\ud83d), which no UTF-8 text can carry")
+        return value
 
     def text(self, node: yaml.Node, what: str) -> str:
         value = self.scalar(node, what)
@@ -345,7 +384,8 @@ class _Validator:
         return value
 
     def duration(self, node: yaml.Node, what: str) -> float:
-        return self.number(node, what, parse_duration, lambda v: True, "a positive duration")
+        high = MAX_DURATION_S[what]
+        return self.number(node, what, parse_duration, lambda v: v <= high, f"a positive duration up to {_span(high)}")
 
     def whole(self, node: yaml.Node, what: str, low: int, high: int) -> int:
         def convert(value: Any) -> int:
@@ -493,6 +533,10 @@ class _Validator:
         parts = self.split_url(node, raw, "url")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail(node, f"url must be an http:// or https:// address, got {raw!r}")
+        if bad := _URL_NEVER.search(raw):
+            char = bad.group(0)
+            what = f"'{char}' not followed by two hex digits" if char == "%" else repr(char)
+            raise self.fail(node, f"url contains {what}, which no BaseURL needs (it would be written into .env files and shell exports): {raw!r}")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise self.fail(node, f"url must be a plain BaseURL without query, fragment or credentials, got {raw!r}")
         try:

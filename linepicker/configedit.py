@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, Line, find_config, parse_config, user_config_path
+from .config import BUNDLED, Config, Line, find_config, parse_config, user_config_path
 from .errors import ConfigError, LinepickerError
 from .fsutil import atomic_write
 
@@ -92,7 +92,7 @@ def init(explicit: str | os.PathLike[str] | None) -> tuple[Path, Path]:
 def editable_path(explicit: str | os.PathLike[str] | None) -> Path:
     """The file `add`/`remove` edit: the one a run would read, unless that is the bundled default."""
     path, origin = find_config(explicit)
-    if origin == "bundled default":
+    if origin == BUNDLED:
         raise ConfigError("no lines.yaml of your own yet: run 'linepicker init' first (or pass --config FILE)")
     return path
 
@@ -126,7 +126,7 @@ def remove_line(path: Path, name: str) -> Edit:
     root = _compose(text, path)
     text = _cut_item(text, _value(root, "lines"), _line_items(root)[name])
     result = _check(text, path)
-    if [line.name for line in result.lines] != [line.name for line in config.lines if line.name != name] or result.exclude != config.exclude - {name}:
+    if not _same_but(result, config, lines=tuple(line for line in config.lines if line.name != name), exclude=config.exclude - {name}):
         raise LinepickerError(f"{path}: could not remove {name!r} cleanly; the file is unchanged")
     _write(path, bom, text)
     return Edit(path, name, None, tuple(notes))
@@ -195,16 +195,22 @@ def _with_line(text: str, path: Path, config: Config, name: str, url: str, proxy
             f"{' ' * dash}-{' ' * (indent - dash - 1)}{key}: {_plain(value)}{newline}" if i == 0 else f"{' ' * indent}{key}: {_plain(value)}{newline}"
             for i, (key, value) in enumerate(fields.items())
         )
-        lines = text.splitlines(keepends=True)
-        last = _last_line(sequence.value[-1])
-        if not lines[last].endswith(("\n", "\r")):
-            lines[last] += newline
-        updated = "".join(lines[: last + 1]) + entry + "".join(lines[last + 1 :])
+        at = _item_end(text, sequence.value[-1])
+        if at > 0 and text[at - 1] not in _BREAK_CHARS:  # the last item ends the file without a line break
+            entry = newline + entry
+        updated = text[:at] + entry + text[at:]
     result = _check(updated, path)
     added = result.line(name)
-    if [line.name for line in result.lines] != [line.name for line in config.lines] + [name] or added is None:
+    if added is None or not _same_but(result, config, lines=(*config.lines, added)):
         raise LinepickerError(f"{path}: could not add {name!r} cleanly; the file is unchanged")
     return updated, added
+
+
+def _same_but(result: Config, config: Config, **changed: object) -> bool:
+    """The edited file means exactly the old one with only these fields changed: every other line, its proxy included, and every setting."""
+    import dataclasses
+
+    return dataclasses.replace(config, **changed, warnings=()) == dataclasses.replace(result, warnings=())
 
 
 def _plain(value: str) -> str:
@@ -217,18 +223,36 @@ def _plain(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _last_line(node: yaml.Node) -> int:
-    """The last text line a block item occupies (its end mark may sit at column 0 of the next line)."""
+# Line breaks as PyYAML counts them (its marks' .line and .index follow these), not str.splitlines()'s,
+# which also splits at \v, \f and \x1c-\x1e, nor str.count("\n"), which misses \r, \x85, U+2028 and U+2029.
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+_BREAK_CHARS = "\r\n\x85\u2028\u2029"
+
+
+def _line_start(text: str, index: int) -> int:
+    """Where the YAML line holding index starts."""
+    return max(text.rfind(char, 0, index) for char in _BREAK_CHARS) + 1
+
+
+def _line_end(text: str, index: int) -> int:
+    """Where the next YAML line starts after index (past its line break), or the end of the text."""
+    found = _BREAK.search(text, index)
+    return found.end() if found else len(text)
+
+
+def _item_end(text: str, node: yaml.Node) -> int:
+    """Where the text after a block item starts: past the line break of the last line it occupies
+    (its end mark may already sit at the start of the next line)."""
     end = node.value[-1][1].end_mark if isinstance(node, yaml.MappingNode) and not node.flow_style else node.end_mark
-    return end.line if end.column > 0 else end.line - 1
+    return _line_end(text, end.index) if end.column > 0 else end.index
 
 
-def _dash_line(text: str, node: yaml.Node) -> int:
-    """The line of the '-' that opens a block sequence item (it may be on a line of its own)."""
+def _dash_start(text: str, node: yaml.Node) -> int:
+    """Where the line of the '-' that opens a block sequence item starts (the '-' may be on a line of its own)."""
     index = node.start_mark.index - 1
-    while index >= 0 and text[index] in " \t\r\n":
+    while index >= 0 and text[index] in " \t" + _BREAK_CHARS:
         index -= 1
-    return text.count("\n", 0, index)
+    return _line_start(text, index)
 
 
 def _cut_item(text: str, sequence: yaml.Node, item: yaml.Node) -> str:
@@ -239,8 +263,7 @@ def _cut_item(text: str, sequence: yaml.Node, item: yaml.Node) -> str:
         else:
             start, end = item.start_mark.index, sequence.value[1].start_mark.index
         return text[:start] + text[end:]
-    lines = text.splitlines(keepends=True)
-    return "".join(lines[: _dash_line(text, item)] + lines[_last_line(item) + 1 :])
+    return text[: _dash_start(text, item)] + text[_item_end(text, item) :]
 
 
 def _without_exclude(text: str, path: Path, name: str) -> str:
@@ -250,6 +273,5 @@ def _without_exclude(text: str, path: Path, name: str) -> str:
     item = next(node for node in sequence.value if node.value == name)
     if len(sequence.value) > 1:
         return _cut_item(text, sequence, item)
-    lines = text.splitlines(keepends=True)
-    end = sequence.end_mark.line if sequence.flow_style else _last_line(item)
-    return "".join(lines[: _key(root, "exclude").start_mark.line] + lines[end + 1 :])
+    end = _line_end(text, sequence.end_mark.index) if sequence.flow_style else _item_end(text, item)
+    return text[: _line_start(text, _key(root, "exclude").start_mark.index)] + text[end:]

@@ -10,7 +10,6 @@ to fix it. Nothing here writes anything.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
@@ -20,11 +19,14 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from . import jsonedit
 from .config import CODEX_BUILTIN_PROVIDERS, Config, Line
 from .clientenv import RC_LINES, SHELLS, SYNTAX, client_env, detect_shell
 from .probe.outcomes import AUTH
 from .probe.timing import proxy_for
 from .store import Decision, Store
+from .targets import CLAUDE_KEY
+from .urlmask import mask_userinfo
 
 ERROR = "error"  # a client does not use the chosen line now
 WARNING = "warning"  # it will not follow the next switch, or may not reach the line the way it was measured
@@ -64,7 +66,12 @@ def diagnose(config: Config, store: Store) -> Diagnosis:
         line = config.line(choice.name)
         if line is not None and line.url == choice.url:
             findings += _proxies(config, line)
-    return Diagnosis(choice, findings, checked)
+    return Diagnosis(choice, [_masked(finding) for finding in findings], checked)
+
+
+def _masked(finding: Finding) -> Finding:
+    """Findings quote proxies, variables and files, any of which may hold a URL's password: shown as user:***@."""
+    return Finding(finding.severity, mask_userinfo(finding.what), mask_userinfo(finding.where), mask_userinfo(finding.fix))
 
 
 def client_checks(config: Config, choice: Decision, written: list[Path]) -> list[Finding]:
@@ -79,7 +86,7 @@ def client_checks(config: Config, choice: Decision, written: list[Path]) -> list
     findings = _codex(replace(config, targets=replace(config.targets, codex=codex)), environ, [])
     if any(path.resolve() in done for path in config.targets.claude_settings):
         findings += _claude_settings(config, home, cwd, environ, choice, [])
-    return findings
+    return [_masked(finding) for finding in findings]
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -139,11 +146,11 @@ def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] |
         last_eval = -1
         for order, path in enumerate(paths):
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                text = path.read_bytes().decode("utf-8", errors="replace")  # bytes: a lone \r is no line end to a shell
             except OSError:
                 continue
             checked.append(str(path))
-            for number, raw in enumerate(text.splitlines(), 1):
+            for number, raw in enumerate(text.split("\n"), 1):  # a shell ends lines at \n only, not at \x0c or U+2028
                 stripped = raw.strip()
                 if not stripped or stripped.startswith("#"):
                     continue
@@ -245,18 +252,22 @@ def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str
             continue
         seen.add(real)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError:
             continue
         checked.append(str(path))
         try:
-            data = json.loads(text) if text.strip() else {}
-        except (ValueError, RecursionError) as exc:
-            line = getattr(exc, "lineno", 1)
-            findings.append(Finding(WARNING, "not valid JSON: Claude Code cannot use it, and linepicker leaves it untouched", f"{path}:{line}", "fix the JSON syntax"))
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            findings.append(Finding(WARNING, f"not UTF-8 text (byte {exc.start}): Claude Code cannot use it, and linepicker leaves it untouched", f"{path}:{line}", "save it as UTF-8"))
             continue
-        env = data.get("env") if isinstance(data, dict) else None
-        value = env.get("ANTHROPIC_BASE_URL") if isinstance(env, dict) else None
+        try:
+            value = jsonedit.get(text.removeprefix("\ufeff"), CLAUDE_KEY) if text.strip() else None
+        except jsonedit.JSONError as exc:
+            line = int(match.group(1)) if (match := re.match(r"line (\d+)", str(exc))) else 1
+            findings.append(Finding(WARNING, f"not valid JSON ({exc}): Claude Code cannot use it, and linepicker leaves it untouched", f"{path}:{line}", "fix the JSON syntax"))
+            continue
         if isinstance(value, str):
             winner = (path, value, _line_of(text, _CLAUDE_KEY))
     if winner is None or choice is None:
@@ -279,7 +290,10 @@ _MODEL_PROVIDER = re.compile(r"^\s*model_provider\s*=", re.MULTILINE)
 
 
 def _line_of(text: str, pattern: re.Pattern[str]) -> int:
-    match = pattern.search(text)
+    """The line of the pattern's last occurrence: of duplicate keys, JSON and TOML readers keep the last."""
+    match = None
+    for match in pattern.finditer(text):
+        pass
     return text.count("\n", 0, match.start()) + 1 if match else 1
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import plistlib
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +92,15 @@ def uninstall() -> Path | None:
 
 
 def systemd_text(argv: list[str], env_file: Path) -> str:
+    """The user unit. No After=network-online.target: a user manager has no such target to wait for."""
     return f"""[Unit]
 Description=linepicker: keep the fastest working relay line chosen
-After=network-online.target
 
 [Service]
 Type=simple
 # The key lives here, never in this unit (a leading '-': the file may be absent).
-EnvironmentFile=-{env_file}
-ExecStart={shlex.join(argv)}
+EnvironmentFile=-{_systemd_path(env_file)}
+ExecStart={" ".join(_systemd_word(arg) for arg in argv)}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=10
@@ -109,6 +108,24 @@ RestartSec=10
 [Install]
 WantedBy=default.target
 """
+
+
+def _systemd_word(arg: str) -> str:
+    """One ExecStart argument as systemd reads it back: double-quoted with C escapes, and systemd's own
+    expansions undone even inside quotes: %% for a literal % (specifiers), $$ for a literal $ (variables)."""
+    escaped = "".join(_C_ESCAPES.get(char, char) if char >= " " else f"\\x{ord(char):02x}" for char in arg)
+    return '"' + escaped.replace("%", "%%").replace("$", "$$") + '"'
+
+
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"'}
+
+
+def _systemd_path(path: Path) -> str:
+    """A path setting (EnvironmentFile=) takes no quotes or escapes, but expands specifiers."""
+    text = str(path)
+    if any(char < " " for char in text):
+        raise LinepickerError(f"{text!r}: a control character in a path cannot be written into a systemd unit")
+    return text.replace("%", "%%")
 
 
 def launchd_plist(argv: list[str], log_dir: Path) -> bytes:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
 from .errors import StoreError
-from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice
+from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice, open_read_only, refuse_newer
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -209,33 +209,89 @@ def _migration_4(db: "sqlite_utils.Database") -> None:
     db["chats"].create_index(["started_at"])
 
 
+def _migration_5(db: "sqlite_utils.Database") -> None:
+    """Releases before this one bucketed hours with SQLite's integer-only `%`, which kept each sample's
+    fractional second: every sample became an "hour" row of its own. Fold those rows into their hours.
+
+    The misplaced rows are read in hour order and folded one hour at a time, so memory holds one hour.
+    Rows of a single sample (nearly all of them) give exact percentiles together; anything else is
+    merged as roll_up merges, counts exactly and percentiles weighted by successes.
+    """
+    conn = db.conn
+    misplaced = conn.execute(
+        "select line_id, hour, samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
+        "where hour <> (cast(hour as integer) / 3600) * 3600 order by line_id, hour"
+    )
+    folded: list[dict] = []
+    group: list[tuple] = []
+    for row in misplaced:
+        if group and (row[0], hour_start(row[1])) != (group[0][0], hour_start(group[0][1])):
+            folded.append(_folded_hour(group))
+            group = []
+        group.append(row)
+    if group:
+        folded.append(_folded_hour(group))
+    conn.execute("delete from hourly where hour <> (cast(hour as integer) / 3600) * 3600")
+    for row in folded:
+        _merge_hour(conn, row)
+
+
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
     ("0003_samples_by_round", _migration_3),
     ("0004_chats", _migration_4),
+    ("0005_fold_hourly", _migration_5),
 ]
 
 
 class Store:
     def __init__(self, path: Path):
         self.path = path
-        conn = None
+        self.read_only = False  # True: opened where nothing can be written (see _open_read_only)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
-            self._refuse_foreign()
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=normal")
-            self._migrate()
+            self._open()
         except (sqlite3.DatabaseError, OSError, StoreError) as exc:
-            if conn is not None:
-                conn.close()
             if isinstance(exc, StoreError):
                 raise
             if isinstance(exc, OSError):
                 raise StoreError(f"{path}: cannot open the database: {exc.strerror or exc}") from None
             raise StoreError(f"{path}: cannot use the database: {_explain(exc)}") from None
+
+    def _open(self) -> None:
+        path = self.path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            self._refuse_foreign()
+            refuse_newer(conn, path)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self._migrate()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if not ("unable to open" in str(exc) or "readonly" in str(exc)) or not path.is_file():
+                raise
+            self._open_read_only()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _open_read_only(self) -> None:
+        """A read-only disk or directory: WAL readers want a -shm file beside the database, which cannot be
+        created there, so read the file as it stands (see lastchoice.open_read_only). Reading commands work;
+        the first write is a one-line error."""
+        self.conn = conn = open_read_only(str(self.path))
+        self.read_only = True
+        try:
+            self._refuse_foreign()
+            refuse_newer(conn, self.path)
+            if self._pending():
+                raise StoreError(f"{self.path}: read-only, and written by an older linepicker: open it once where it can be written, to upgrade it")
+        except BaseException:
+            conn.close()
+            raise
 
     @functools.cached_property
     def db(self) -> "sqlite_utils.Database":
@@ -317,6 +373,10 @@ class Store:
         def find(line: "Line") -> int | None:
             row = self.conn.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
             return row[0] if row else None
+
+        if self.read_only:
+            # Nothing can be inserted: a line the file has never seen gets an id no row has (so no history).
+            return {line.name: found if (found := find(line)) is not None else -1 - n for n, line in enumerate(lines)}
 
         def upsert() -> dict[str, int]:
             ids = {}
@@ -488,19 +548,18 @@ class Store:
         samples at once; an hour that somehow gains samples later is merged into
         its row (counts exactly, percentiles as a sample-weighted mean).
         """
-        cutoff = before - before % 3600
+        cutoff = hour_start(before)
         rows = self.conn.execute(
-            "select line_id, started_at - started_at % 3600, success, ttfb_ms, outcome from samples "
-            "where started_at < ? order by line_id, started_at",
+            "select line_id, started_at, success, ttfb_ms, outcome from samples where started_at < ? order by line_id, started_at",
             [cutoff],
         ).fetchall()
         hours: dict[tuple[int, float], list[tuple[int | None, float | None, str]]] = {}
-        for line_id, hour, success, ttfb, outcome in rows:
-            hours.setdefault((line_id, hour), []).append((success, ttfb, outcome))
+        for line_id, started_at, success, ttfb, outcome in rows:
+            hours.setdefault((line_id, hour_start(started_at)), []).append((success, ttfb, outcome))
 
         def apply() -> RollUp:
             for (line_id, hour), samples in hours.items():
-                self._merge_hour(_hour_row(line_id, hour, samples))
+                _merge_hour(self.conn, _hour_row(line_id, hour, samples))
             self.db.execute("delete from samples where started_at < ?", [cutoff])
             self.db.execute("delete from chats where started_at < ?", [cutoff])  # no hourly form: kept as long as raw samples
             gone = self.db.execute(
@@ -511,18 +570,6 @@ class Store:
             return RollUp(len(rows), len(hours), gone)
 
         return self._write(apply)  # type: ignore[return-value]
-
-    def _merge_hour(self, row: dict) -> None:
-        old = self.conn.execute(
-            "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
-            "where line_id = ? and hour = ?",
-            [row["line_id"], row["hour"]],
-        ).fetchone()
-        if old is not None:
-            row = _merged_hour(row, old)
-        # Plain SQL: sqlite_utils' upsert re-reads the table's schema on every call, 8 queries a row.
-        columns = ", ".join(row)
-        self.db.execute(f"insert or replace into hourly ({columns}) values ({', '.join('?' * len(row))})", list(row.values()))
 
     def hours_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[HourRow]]:
         """Hourly roll-ups per line from a time on, oldest first: all that is left of samples past retention.raw."""
@@ -561,7 +608,7 @@ def _common_columns(round_id: int, line_ids: dict[str, int], sample: "Sample | C
         "started_at": sample.started_at,
         "outcome": sample.outcome,
         "status": sample.status,
-        "error": sample.error,
+        "error": _masked(sample.error),
         "dns_ms": sample.phases.dns_ms,
         "connect_ms": sample.phases.connect_ms,
         "tls_ms": sample.phases.tls_ms,
@@ -569,11 +616,67 @@ def _common_columns(round_id: int, line_ids: dict[str, int], sample: "Sample | C
     }
 
 
+def _masked(error: str | None) -> str | None:
+    """Error text may quote a proxy URL with its password; it is kept and shown masked (user:***@)."""
+    from .urlmask import mask_userinfo
+
+    return None if error is None else mask_userinfo(error)
+
+
 def _explain(exc: sqlite3.DatabaseError) -> str:
     """SQLite's words, plus what 'locked' means here."""
     if "locked" in str(exc):
         return f"{exc} (another process kept it busy; linepicker waits up to {BUSY_TIMEOUT_S:g} s)"
     return str(exc)
+
+
+def hour_start(at: float) -> float:
+    """The start of the hour holding a unix time (Python's float floor; SQLite's `%` would drop the fraction)."""
+    return float(at // 3600 * 3600)
+
+
+def _merge_hour(conn: sqlite3.Connection, row: dict) -> None:
+    """Write an hour's row, merged into the row already there for that line and hour."""
+    old = conn.execute(
+        "select samples, successes, ttfb_p50_ms, ttfb_p95_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly "
+        "where line_id = ? and hour = ?",
+        [row["line_id"], row["hour"]],
+    ).fetchone()
+    if old is not None:
+        row = _merged_hour(row, old)
+    # Plain SQL: sqlite_utils' upsert re-reads the table's schema on every call, 8 queries a row.
+    columns = ", ".join(row)
+    conn.execute(f"insert or replace into hourly ({columns}) values ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def _folded_hour(rows: list[tuple]) -> dict:
+    """One hour from rows of that line and hour: the single-latency rows exactly, the rest merged by weight."""
+    import json
+
+    from .policy import percentile
+
+    line_id, hour = rows[0][0], hour_start(rows[0][1])
+    single = [row for row in rows if row[3] <= 1]
+    latencies = [row[4] for row in single if row[3] and row[4] is not None]
+    outcomes: dict[str, int] = {}
+    for row in single:
+        for outcome, count in json.loads(row[8]).items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    folded = {
+        "line_id": line_id,
+        "hour": hour,
+        "samples": sum(row[2] for row in single),
+        "successes": sum(row[3] for row in single),
+        "ttfb_p50_ms": percentile(latencies, 0.5),
+        "ttfb_p95_ms": percentile(latencies, 0.95),
+        "ttfb_min_ms": min(latencies, default=None),
+        "ttfb_max_ms": max(latencies, default=None),
+        "outcomes": json.dumps(outcomes, sort_keys=True),
+    }
+    for row in rows:
+        if row[3] > 1:
+            folded = _merged_hour(folded, row[2:])
+    return folded
 
 
 def _hour_row(line_id: int, hour: float, samples: list[tuple[int | None, float | None, str]]) -> dict:

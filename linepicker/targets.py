@@ -10,12 +10,12 @@ Codex writer alone, so a run without a Codex target never pays for it.
 from __future__ import annotations
 
 import functools
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from . import jsonedit
+from .dotenvedit import render as render_dotenv
 from .errors import TargetError
 from .clientenv import client_env
 from .fsutil import atomic_write
@@ -31,82 +31,40 @@ class TargetResult:
 
 
 def update_dotenv(path: Path, url: str) -> TargetResult:
-    """Set our keys in a .env file, in place where they already are, and keep every other line."""
+    """Set our keys in a .env file where its readers see them (see dotenvedit), and keep every other byte."""
     try:
         original = path.read_bytes().decode("utf-8") if path.exists() else None
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetError(f"{path}: cannot read: {exc}") from None
-    updated = render_dotenv(original or "", client_env(url))
+    try:
+        updated = render_dotenv(original or "", client_env(url))
+    except ValueError as exc:
+        raise TargetError(f"{path}: {exc}; left untouched") from None
     return _write_if_changed("dotenv", path, original, updated)
 
 
-_DOTENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_.]*)(\s*=\s*)(.*)$")
-
-
-def render_dotenv(text: str, values: dict[str, str]) -> str:
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
-    seen = set()
-    out = []
-    for line in lines:
-        body = line.rstrip("\r\n")
-        ending = line[len(body) :]
-        match = _DOTENV_LINE.match(body)
-        if match and match.group(2) in values:
-            prefix, name, equals, old = match.groups()
-            out.append(f"{prefix}{name}{equals}{_dotenv_value(values[name], old)}{_dotenv_comment(old)}{ending}")
-            seen.add(name)
-        else:
-            out.append(line)
-    missing = [name for name in values if name not in seen]
-    if missing:
-        if out and not out[-1].endswith(("\n", "\r")):
-            out.append(newline)
-        out.extend(f"{name}={_dotenv_value(values[name], '')}{newline}" for name in missing)
-    return "".join(out)
-
-
-_DOTENV_COMMENT = re.compile(r"""\s*("(?:\\.|[^"\\])*"|'[^']*')?.*?(\s+#.*)?$""")
-
-
-def _dotenv_comment(old: str) -> str:
-    """A ' # note' after the old value is the user's own text, so it stays after the new value."""
-    match = _DOTENV_COMMENT.match(old)
-    return (match.group(2) or "") if match else ""
-
-
-def _dotenv_value(value: str, old: str) -> str:
-    """Keep the quoting style the user chose for that key, unless the value would close it early."""
-    old = old.strip()
-    if old.startswith("'") and "'" not in value:
-        return f"'{value}'"
-    if old.startswith(("'", '"')):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
-
-
 def update_claude_settings(path: Path, url: str) -> TargetResult:
-    """Set env.ANTHROPIC_BASE_URL in Claude Code's settings.json, keeping every other key and their order."""
+    """Set env.ANTHROPIC_BASE_URL in Claude Code's settings.json by editing that value's text alone (see jsonedit)."""
     try:
-        original = path.read_text(encoding="utf-8") if path.exists() else None
+        raw = path.read_bytes() if path.exists() else None  # bytes: CRLF stays CRLF
+        original = None if raw is None else raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetError(f"{path}: cannot read: {exc}") from None
-    data: dict = {}
-    if original is not None and original.strip():
-        try:
-            data = json.loads(original)
-        except (ValueError, RecursionError) as exc:
-            raise TargetError(f"{path}: not valid JSON ({exc}); left untouched") from None
-        if not isinstance(data, dict):
-            raise TargetError(f"{path}: expected a JSON object at the top; left untouched")
-    env = data.setdefault("env", {})
-    if not isinstance(env, dict):
-        raise TargetError(f"{path}: 'env' is not a JSON object; left untouched")
-    if env.get("ANTHROPIC_BASE_URL") == url:
-        return TargetResult("claude_settings", path, False)
-    env["ANTHROPIC_BASE_URL"] = url
-    updated = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    text = original or ""
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    body = text[len(bom) :]
+    try:
+        if body.strip() and jsonedit.get(body, CLAUDE_KEY) == url:
+            return TargetResult("claude_settings", path, False)
+        updated = bom + jsonedit.set_string(body, CLAUDE_KEY, url)
+    except jsonedit.JSONError as exc:
+        raise TargetError(f"{path}: not valid JSON ({exc}); left untouched") from None
+    except ValueError as exc:
+        raise TargetError(f"{path}: {exc}; left untouched") from None
     return _write_if_changed("claude_settings", path, original, updated)
+
+
+CLAUDE_KEY = ("env", "ANTHROPIC_BASE_URL")
 
 
 def update_codex(target: "CodexTarget", url: str) -> TargetResult:
@@ -171,18 +129,25 @@ def update_template(target: "TemplateTarget", name: str, url: str) -> TargetResu
 
 
 def write_targets(targets: "Targets", name: str, url: str) -> tuple[list[TargetResult], list[str]]:
-    """Update every configured file for line `name` at `url`; one broken file does not stop the others."""
+    """Update every configured file for line `name` at `url`; one broken file does not stop the others.
+
+    Besides the failures each writer names, any OSError or ValueError out of one (a file
+    holding text no encoder takes, say) is that target's error too: the later targets and
+    on_switch still run.
+    """
     results: list[TargetResult] = []
     errors: list[str] = []
-    writers: list[Callable[[], TargetResult]] = [functools.partial(update_dotenv, path, url) for path in targets.dotenv]
-    writers += [functools.partial(update_claude_settings, path, url) for path in targets.claude_settings]
-    writers += [functools.partial(update_codex, target, url) for target in targets.codex]
-    writers += [functools.partial(update_template, target, name, url) for target in targets.template]
-    for update in writers:
+    writers: list[tuple[Path, Callable[[], TargetResult]]] = [(path, functools.partial(update_dotenv, path, url)) for path in targets.dotenv]
+    writers += [(path, functools.partial(update_claude_settings, path, url)) for path in targets.claude_settings]
+    writers += [(target.path, functools.partial(update_codex, target, url)) for target in targets.codex]
+    writers += [(target.path, functools.partial(update_template, target, name, url)) for target in targets.template]
+    for path, update in writers:
         try:
             results.append(update())
         except TargetError as exc:
             errors.append(str(exc))
+        except (OSError, ValueError) as exc:
+            errors.append(f"{path}: not updated: {' '.join(str(exc).split())}; left untouched")
     return results, errors
 
 

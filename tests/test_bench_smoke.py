@@ -17,3 +17,14 @@ def test_every_bench_runs_in_miniature(tmp_path: Path) -> None:
     results = json.loads(out.read_text())["results"]
     assert [r["name"] for r in results] == ["accuracy", "load", "decision", "startup", "store", "daemon"]
     assert all(r["checks"] for r in results)
+
+
+def test_the_files_and_input_rows_of_reliability_md_measure_what_they_claim() -> None:
+    """bench/hardening_files.py regenerates a table of docs/reliability.md; every item's row is there and none says it failed."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "hardening_files.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = {int(row.split("|")[1]) for row in proc.stdout.splitlines()[2:] if row.startswith("|")}
+    assert items == {1, 2, 3, 4, 6, 7, 9, 11, 12, 13, 15, 21, 23}
+    for bad in ("CHANGED", "DIFFER", "NOT written", "TRACEBACK", "commands run: YES", "Traceback"):
+        assert bad not in proc.stdout, bad

@@ -266,6 +266,22 @@ def test_pin_overrides_the_policy_until_unpin(relay: Relay, write_config, run) -
     assert stdout_json(run("pick", "--config", str(config), "--json"))["chosen"]["name"] == "fast"
 
 
+@pytest.mark.parametrize("command", ["pin", "pick"])
+def test_a_settings_json_with_a_lone_surrogate_is_one_target_error_and_later_targets_are_written(
+    relay: Relay, write_config, run, tmp_path: Path, command: str
+) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_bytes(b'{"note": "\\ud83d"}')
+    later = tmp_path / "later.env"
+    config = write_config({"a": relay.url("a")}, targets={"claude_settings": str(settings), "template": [{"path": str(later), "template": "URL={url}\n"}]})
+    result = run(*([command, "a"] if command == "pin" else [command]), "--config", str(config))
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if str(settings) in line]
+    assert len(errors) == 1 and "surrogate" in errors[0] and "left untouched" in errors[0]
+    assert later.read_text() == f"URL={relay.url('a')}\n"
+    assert settings.read_bytes() == b'{"note": "\\ud83d"}'
+
+
 def test_pin_of_an_unknown_line_is_a_usage_error(relay: Relay, write_config, run) -> None:
     result = run("pin", "nope", "--config", str(write_config({"a": relay.url("a")})))
     assert result.exit_code == 2

@@ -221,17 +221,39 @@ MISTAKES = [
     ("url-credentials", "lines:\n  - name: a\n    url: https://me:pw@a.example\n", 3, "credentials"),
     ("url-bad-port", "lines:\n  - name: a\n    url: https://a.example:99999\n", 3, "invalid port"),
     ("url-unclosed-ipv6", "lines:\n  - name: a\n    url: 'http://[::1'\n", 3, "not a valid address"),
+    ("url-command-substitution", "lines:\n  - name: a\n    url: " + "'https://a.example/$(touch x)'" + "\n", 3, "'$'"),
+    ("url-backtick", "lines:\n  - name: a\n    url: " + "'https://a.example/`id`'" + "\n", 3, "'`'"),
+    ("url-space", "lines:\n  - name: a\n    url: " + "'https://a.example/a b'" + "\n", 3, "' '"),
+    ("url-double-quote", "lines:\n  - name: a\n    url: " + '\'https://a.example/a"b\'' + "\n", 3, '\'"\''),
+    ("url-single-quote", "lines:\n  - name: a\n    url: " + '"https://a.example/a\'b"' + "\n", 3, '"\'"'),
+    ("url-backslash", "lines:\n  - name: a\n    url: " + "'https://a.example/a\\b'" + "\n", 3, "'\\\\'"),
+    ("url-percent-not-escape", "lines:\n  - name: a\n    url: " + "'https://a.example/100%'" + "\n", 3, "'%' not followed by two hex digits"),
+    ("url-percent-one-digit", "lines:\n  - name: a\n    url: " + "'https://a.example/%4g'" + "\n", 3, "'%' not followed"),
+    ("url-tab", "lines:\n  - name: a\n    url: " + '"https://a.example/a\\tb"' + "\n", 3, "'\\t'"),
+    ("url-line-separator", "lines:\n  - name: a\n    url: " + '"https://a.example/a\\u2028b"' + "\n", 3, "'\\u2028'"),
+    ("url-c1-control", "lines:\n  - name: a\n    url: " + '"https://a.example/a\\x85b"' + "\n", 3, "'\\x85'"),
+    ("url-angle", "lines:\n  - name: a\n    url: " + "'https://a.example/<a>'" + "\n", 3, "'<'"),
+    ("url-brace", "lines:\n  - name: a\n    url: " + "'https://a.example/{url}'" + "\n", 3, "'{'"),
+    ("url-pipe", "lines:\n  - name: a\n    url: " + "'https://a.example/a|b'" + "\n", 3, "'|'"),
+    ("url-caret", "lines:\n  - name: a\n    url: " + "'https://a.example/a^b'" + "\n", 3, "'^'"),
     ("url-list", "lines:\n  - name: a\n    url: [https://a.example]\n", 3, "url must be a single value"),
     ("proxy-socks", GOOD_LINES + "    proxy: socks5://p.local:1080\n", 4, "proxy must be"),
     ("proxy-unclosed-ipv6", GOOD_LINES + "    proxy: 'http://[::1'\n", 4, "not a valid address"),
     ("timeout-string", GOOD_LINES + "probe:\n  timeout: fast\n", 5, "probe.timeout must be a positive duration"),
-    ("timeout-bool", GOOD_LINES + "probe:\n  timeout: yes\n", 5, "probe.timeout must be a positive duration, got True"),
+    ("timeout-bool", GOOD_LINES + "probe:\n  timeout: yes\n", 5, "probe.timeout must be a positive duration up to 10m, got True"),
     ("timeout-negative", GOOD_LINES + "probe:\n  timeout: -1\n", 5, "positive duration"),
     ("timeout-zero", GOOD_LINES + "probe:\n  timeout: 0s\n", 5, "positive duration"),
     ("timeout-infinite", GOOD_LINES + "probe:\n  timeout: .inf\n", 5, "positive duration"),
     ("timeout-nan", GOOD_LINES + "probe:\n  timeout: .nan\n", 5, "positive duration"),
     ("timeout-huge-int", GOOD_LINES + "probe:\n  timeout: " + "9" * 400 + "\n", 5, "probe.timeout must be a positive duration"),
     ("timeout-bad-unit", GOOD_LINES + "probe:\n  timeout: 5 weeks\n", 5, "'5 weeks'"),
+    ("timeout-eleven-minutes", GOOD_LINES + "probe:\n  timeout: 11m\n", 5, "probe.timeout must be a positive duration up to 10m, got '11m'"),
+    ("interval-huge", GOOD_LINES + "probe:\n  interval: 100000000000000\n", 5, "probe.interval must be a positive duration up to 1d"),
+    ("down-interval-two-days", GOOD_LINES + "probe:\n  down_interval: 2d\n", 5, "probe.down_interval must be a positive duration up to 1d"),
+    ("chat-timeout-hour", GOOD_LINES + "probe:\n  chat: {model: m, timeout: 1h}\n", 5, "probe.chat.timeout must be a positive duration up to 10m"),
+    ("window-year", GOOD_LINES + "policy:\n  window: 365d\n", 5, "policy.window must be a positive duration up to 30d"),
+    ("retention-forever", GOOD_LINES + "retention:\n  hourly: 100000d\n", 5, "retention.hourly must be a positive duration up to 3650d"),
+    ("retention-raw-float-huge", GOOD_LINES + "retention:\n  raw: 1.0e+300\n", 5, "retention.raw must be a positive duration up to 3650d"),
     ("samples-zero", GOOD_LINES + "probe:\n  samples: 0\n", 5, "probe.samples must be a whole number from 1 to 100"),
     ("samples-float", GOOD_LINES + "probe:\n  samples: 2.5\n", 5, "whole number"),
     ("samples-string", GOOD_LINES + "probe:\n  samples: three\n", 5, "'three' is not a whole number"),
@@ -269,6 +291,8 @@ MISTAKES = [
     ("tag-int-empty", GOOD_LINES + "probe:\n  samples: !!int ''\n", 5, "probe.samples"),
     ("tag-float-empty", GOOD_LINES + "policy:\n  margin_ms: !!float ''\n", 5, "policy.margin_ms"),
     ("tag-python", GOOD_LINES + "probe:\n  timeout: !!python/object:os.system x\n", 5, "could not determine a constructor"),
+    ("template-lone-surrogate", GOOD_LINES + 'targets:\n  template:\n    - path: x\n      template: "\\ud83d {url}"\n', 7, "lone UTF-16 surrogate"),
+    ("on-switch-lone-surrogate", GOOD_LINES + 'on_switch: ["notify", "\\udc00"]\n', 4, "on_switch entry holds a lone UTF-16 surrogate"),
     ("tag-local", GOOD_LINES + "probe:\n  timeout: !secret x\n", 5, "probe.timeout"),
 ]
 
@@ -371,8 +395,29 @@ def test_bundled_default_is_the_last_resort() -> None:
 def test_shipped_lines_yaml_parses_cleanly(path: Path) -> None:
     config = parse_config(path.read_bytes(), path, "bundled default")
     assert config.warnings == ()
-    assert config.key_env == "OPENAI_API_KEY"
+    assert config.key_env is None, "the bundled relay lines are a third party's: no key goes to them"
     assert config.active_lines and all(line.url.startswith("https://") for line in config.lines)
+
+
+def test_the_bundled_default_sends_no_key_even_with_a_key_env(relay: Any, tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older or edited bundled file may still name key_env; while it is the config in use, no key leaves."""
+    import linepicker.config
+
+    bundled = tmp_path / "site-packages" / "lines.yaml"
+    bundled.parent.mkdir()
+    bundled.write_text(f"key_env: OPENAI_API_KEY\nprobe: {{timeout: 2, samples: 2}}\nlines:\n  - name: a\n    url: {relay.url('a')}\n")
+    monkeypatch.setattr(linepicker.config, "bundled_config_path", lambda: bundled)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key-0123456789")
+    result = run("pick")
+    assert result.exit_code == 0, result.output
+    assert "bundled default" in result.stderr and "is not set" not in result.stderr
+    assert len(relay.requests["a"]) == 2
+    assert not any("Authorization" in headers or "x-api-key" in headers for headers in relay.requests["a"])
+
+    mine = tmp_path / "lines.yaml"
+    mine.write_text(bundled.read_text())
+    assert run("pick").exit_code == 0, "./lines.yaml is the user's own"
+    assert relay.requests["a"][-1]["Authorization"] == "Bearer sk-real-openai-key-0123456789"
 
 
 # ---------------------------------------------------------------- the CLI
@@ -489,3 +534,18 @@ def test_any_yaml_document_gives_a_config_or_a_config_error(document: Any, flow:
 @given(cut=st.integers(0, len(FULL)), junk=st.text(max_size=8))
 def test_a_damaged_real_config_gives_a_config_or_a_config_error(cut: int, junk: str) -> None:
     _parses_or_config_error(FULL[:cut] + junk + FULL[cut:], Path("/fuzz/lines.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "lines:\n  - name: a\n    url: https://me:s3cr3t-pw@a.example\n",
+        "lines:\n  - name: a\n    url: https://a.example\n    proxy: socks5://me:s3cr3t-pw@p.local:1080\n",
+        "lines:\n  - name: a\n    url: https://a.example\n    proxy: 'http://me:s3cr3t-pw@[::1'\n",
+        "lines:\n  - name: a\n    url: 'https://s3cr3t-pw@a.example/$x'\n",
+    ],
+    ids=["url-credentials", "socks-proxy", "unclosed-ipv6-proxy", "token-userinfo"],
+)
+def test_config_errors_mask_a_urls_password(cfg: Path, text: str) -> None:
+    message = error_of(text, cfg)
+    assert "s3cr3t-pw" not in message and "***@" in message

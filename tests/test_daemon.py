@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -374,9 +375,35 @@ def test_a_second_daemon_on_the_same_database_is_refused(relay: Relay, write_con
         first.communicate(timeout=10)
 
 
-def test_the_listen_address_is_checked(write_config, relay: Relay, run) -> None:
+@pytest.mark.parametrize("alias", ["file-symlink", "dir-symlink"])
+def test_a_second_daemon_through_a_symlinked_path_is_refused(relay: Relay, write_config, db_path: Path, tmp_path: Path, alias: str) -> None:
+    config = write_config({"a": relay.url("a")}, probe=FAST)
+    first = start_daemon_process(config, db_path, "--listen", "off")
+    second = None
+    if alias == "file-symlink":
+        other = tmp_path / "elsewhere.db"
+        other.symlink_to(db_path)
+    else:
+        (tmp_path / "state-link").symlink_to(db_path.parent)
+        other = tmp_path / "state-link" / db_path.name
+    try:
+        wait_for_rounds(db_path, 1)
+        second = start_daemon_process(config, other, "--listen", "off")
+        _, err = second.communicate(timeout=15)
+        assert second.returncode == 1, err
+        assert err.strip().splitlines()[-1] == f"linepicker: error: another linepicker daemon (pid {first.pid}) is already running on {other}"
+    finally:
+        if second is not None and second.poll() is None:
+            second.terminate()
+        first.terminate()
+        first.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:http", "127.0.0.1:\u00b2", "127.0.0.1:" + "9" * 5000, "127.0.0.1:65536", "127.0.0.1:-1"])
+@pytest.mark.parametrize("command", [["daemon"], ["service", "install"]])
+def test_the_listen_address_is_checked(write_config, relay: Relay, run, listen: str, command: list[str]) -> None:
     config = write_config({"a": relay.url("a")})
-    result = run("daemon", "--config", str(config), "--listen", "127.0.0.1:http")
+    result = run(*command, "--config", str(config), "--listen", listen)
     assert result.exit_code == 2
     assert "expected HOST:PORT" in result.stderr
 
@@ -413,13 +440,40 @@ def test_service_install_writes_a_unit_that_runs_this_daemon(write_config, relay
     unit = Path(data["path"])
     assert unit == tmp_path / "xdg-config" / "systemd" / "user" / "linepicker.service"
     text = unit.read_text()
-    assert f"-m linepicker daemon --config {config} --db " in text
+    assert f'"-m" "linepicker" "daemon" "--config" "{config}" "--db" ' in text
+    assert "network-online" not in text, "a user manager has no network-online.target: After= on it does nothing"
     assert "EnvironmentFile=-" in text and "OPENAI_API_KEY" not in text
     assert any("systemctl --user enable --now linepicker" in step for step in data["next_steps"])
     assert json.loads(run("service", "install", "--config", str(config), "--json").stdout)["changed"] is False
     assert json.loads(run("service", "uninstall", "--json", db=None).stdout) == {"removed": str(unit)}
     assert not unit.exists()
     assert run("service", "uninstall", db=None).stdout.startswith("no linepicker service file")
+
+
+def test_service_install_refuses_the_bundled_config(run, tmp_path: Path) -> None:
+    result = run("service", "install")
+    assert result.exit_code == 2
+    assert "run 'linepicker init' first" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "xdg-config" / "systemd").exists()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze reads the unit as systemd would")
+def test_a_unit_for_paths_with_percent_dollar_quotes_and_spaces_is_read_back_by_systemd(relay: Relay, run, tmp_path: Path) -> None:
+    """systemd expands %-specifiers and $VARIABLES in ExecStart even inside quotes: '%z' is no specifier, so an unescaped one fails."""
+    odd = tmp_path / 'my %z $HOME "relay" dir'
+    odd.mkdir()
+    config = odd / "lines.yaml"
+    config.write_text(f"lines:\n  - name: a\n    url: {relay.url('a')}\n")
+    result = run("service", "install", "--config", str(config), "--json", db=odd / "lp.db")
+    assert result.exit_code == 0, result.output
+    unit = Path(json.loads(result.stdout)["path"])
+    text = unit.read_text()
+    escaped = str(odd).replace("%", "%%").replace("$", "$$").replace('"', '\\"')
+    assert f'"--config" "{escaped}/lines.yaml" "--db" "{escaped}/lp.db"' in text
+    assert f"EnvironmentFile=-{str(odd).replace('%', '%%')}/linepicker.env" in text
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    assert "specifier" not in verified.stderr
 
 
 def test_the_status_page_in_a_real_browser(relay: Relay, write_config, db_path: Path) -> None:
@@ -556,3 +610,25 @@ def test_a_skip_is_said_again_only_after_a_calm_spell(caplog: pytest.LogCaptureF
     assert messages[1].startswith("recheck skipped: the previous one is still running")
     assert messages[2].endswith("; 2 more runs skipped after this was last said)")
     assert messages[3].startswith(f"retention skipped: it was due at {now:%H:%M:%S} UTC and could not start in time")
+
+
+def test_a_settings_file_with_a_lone_surrogate_fails_alone_and_on_switch_still_runs(relay: Relay, write_config, db_path: Path, tmp_path: Path) -> None:
+    """A lone surrogate escape ("\\ud83d") once escaped write_targets as a UnicodeEncodeError: later targets and on_switch were skipped."""
+    hook_out = tmp_path / "hook.txt"
+    settings = tmp_path / "settings.json"
+    settings.write_bytes(b'{"note": "\\ud83d", "env": {}}')
+    later = tmp_path / "later.env"
+    config = write_config(
+        {"a": relay.url("a")},
+        probe=FAST,
+        targets={"claude_settings": str(settings), "template": [{"path": str(later), "template": "URL={url}\n"}]},
+        on_switch=[sys.executable, "-c", f"open({str(hook_out)!r}, 'w').write('ran')"],
+    )
+    daemon = make_daemon(config, db_path)
+
+    async def body() -> None:
+        await until(lambda: hook_out.exists(), what="on_switch")
+
+    serving(daemon, body)
+    assert later.read_text() == f"URL={relay.base}/line/a\n"
+    assert settings.read_bytes() == b'{"note": "\\ud83d", "env": {}}'

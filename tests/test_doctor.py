@@ -124,6 +124,19 @@ def test_fixed_exports_in_shell_rc_files(chosen, run, home: Path) -> None:
     assert "linepicker env --shell fish" in fish["fix"]
 
 
+def test_rc_file_lines_end_where_the_shell_ends_them(chosen, run, home: Path) -> None:
+    """\x0c and U+2028 end a line for str.splitlines() only: to bash these exports are inside comments."""
+    import subprocess
+
+    config, url = chosen
+    rc = home / ".bashrc"
+    rc.write_bytes("# old\x0cexport OPENAI_BASE_URL=https://ff.example/v1\n# note\u2028export OPENAI_API_BASE=https://ls.example/v1\nexport ANTHROPIC_BASE_URL=https://real.example\n".encode())
+    sourced = subprocess.run(["bash", "-c", f'. "{rc}"; echo "$OPENAI_BASE_URL|$OPENAI_API_BASE|$ANTHROPIC_BASE_URL"'], capture_output=True, text=True).stdout
+    assert sourced == "||https://real.example\n"
+    finding = only(doctor(run, config))
+    assert finding["where"] == f"{rc}:3" and "https://real.example" in finding["what"]
+
+
 def test_a_later_linepicker_env_overrides_a_fixed_export(chosen, run, home: Path) -> None:
     config, _ = chosen
     (home / ".profile").write_text("export OPENAI_BASE_URL=https://login.example/v1\n")
@@ -209,6 +222,29 @@ def test_proxies_and_certificates_the_clients_will_not_share(write_config, run, 
 @pytest.mark.parametrize(
     "line, env",
     [
+        ({"proxy": "http://alice:s3cr3t-pw@127.0.0.1:3128"}, {}),
+        ({"proxy": "http://alice:s3cr3t-pw@127.0.0.1:3128"}, {"HTTPS_PROXY": "http://bob:s3cr3t-pw@corp:8080"}),
+        ({"proxy": "none"}, {"HTTPS_PROXY": "http://bob:s3cr3t-pw@corp:8080"}),
+        ({}, {"ALL_PROXY": "http://s3cr3t-pw@corp:8080"}),
+        ({}, {"HTTPS_PROXY": "http://a:s3cr3t-pw@p:1", "https_proxy": "http://b:s3cr3t-pw@p:2"}),
+    ],
+)
+def test_doctor_never_prints_a_proxy_password(write_config, run, monkeypatch: pytest.MonkeyPatch, line: dict, env: dict) -> None:
+    config = write_config([{"name": "a", "url": "https://a.example", **line}])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run("pin", "a", "--config", str(config)).exit_code == 0
+    table = run("doctor", "--config", str(config))
+    findings = doctor(run, config)
+    assert findings and table.exit_code == 1
+    shown = table.output + json.dumps(findings)
+    assert "s3cr3t-pw" not in shown
+    assert ":***@" in shown or "//***@" in shown
+
+
+@pytest.mark.parametrize(
+    "line, env",
+    [
         ({"proxy": "http://127.0.0.1:3128"}, {"HTTPS_PROXY": "http://127.0.0.1:3128"}),
         ({"proxy": "none"}, {"HTTPS_PROXY": "http://corp:8080", "NO_PROXY": "a.example"}),
         ({}, {"HTTPS_PROXY": "http://corp:8080", "ALL_PROXY": "http://corp:8080"}),
@@ -247,3 +283,23 @@ def test_claude_config_dir_away_from_the_settings_target(chosen, run, write_conf
     finding = only(doctor(run, config))
     assert finding["severity"] == "warning" and finding["where"] == "environment: CLAUDE_CONFIG_DIR"
     assert finding["fix"] == f"point targets.claude_settings in {config} at $CLAUDE_CONFIG_DIR/settings.json"
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'{"env": {"ANTHROPIC_BASE_URL": "https://x.example"}}\n\xff\xfe', "not UTF-8"),
+        (b'{\n "big": NaN,\n "env": {"ANTHROPIC_BASE_URL": "https://x.example"}}', "not valid JSON"),
+        (b'{"note": "\\ud83d", "env": {"ANTHROPIC_BASE_URL": "https://x.example"}}', "surrogate"),
+    ],
+    ids=["latin-1", "nan", "lone-surrogate"],
+)
+def test_claude_settings_claude_code_cannot_read_are_a_finding_not_a_crash(chosen, run, tmp_path: Path, content: bytes, words: str) -> None:
+    config, _ = chosen
+    local = tmp_path / ".claude" / "settings.local.json"
+    local.parent.mkdir()
+    local.write_bytes(content)
+    finding = only(doctor(run, config))
+    assert finding["severity"] == "warning" and words in finding["what"]
+    assert finding["where"].startswith(f"{local}:")
+    assert local.read_bytes() == content

@@ -12,7 +12,7 @@ from linepicker import clientenv, entry
 from linepicker.cli import cli
 from linepicker.store import Store
 
-URL = "http://127.0.0.1:9/it's\\here"  # a quote and a backslash: every shell's quoting is exercised
+URL = "http://127.0.0.1:9/a;b&c(d)!e*%41"  # shell metacharacters and an escape a line URL may hold: every shell's quoting is exercised
 
 
 def console_script(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -129,3 +129,27 @@ def test_report_is_one_offline_html_file_that_a_browser_renders(write_config, ru
     assert [chart.rsplit(" to ", 1)[0] for chart in report.charts] == [f"{name}: time to first byte, 24 h" for name in "abc"]
     assert any("a → c" in row and "c scores 30 ms" in row for row in report.rows)
     assert screenshot(out.as_uri(), "report.png").stat().st_size > 10_000
+
+
+def _limited(argv: list[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """The real CLI with 1 GiB of address space: a span that costs memory in proportion fails instead of swapping."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    return subprocess.run([sys.executable, "-m", "linepicker", *argv], capture_output=True, text=True, cwd=cwd, timeout=120, preexec_fn=limit)
+
+
+def test_history_and_report_refuse_spans_past_the_longest_retention(write_config, db_path: Path, tmp_path: Path) -> None:
+    config = seeded(write_config, db_path)
+    common = ["--config", str(config), "--db", str(db_path)]
+    for argv in (["history", "--since", "9999999d"], ["report", "--html", "r.html", "--since", "10000000d"], ["history", "--since", "3651d"]):
+        done = _limited([*argv, *common], tmp_path)
+        assert done.returncode == 2, done.stderr[-500:]
+        assert "Traceback" not in done.stderr and "at most 3650d" in done.stderr, done.stderr
+    longest = _limited(["report", "--html", "r.html", "--since", "3650d", *common], tmp_path)
+    assert longest.returncode == 0, longest.stderr[-500:]
+    assert _limited(["history", "--since", "3650d", *common], tmp_path).returncode == 0

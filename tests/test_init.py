@@ -105,18 +105,20 @@ def test_add_normalises_v1_and_quotes_what_yaml_would_misread(run, tmp_path: Pat
     config.write_text("lines:\n- name: a\n  url: https://a.example\n")
 
     first = run("add", "b", "https://b.example/v1/", "--json", db=None)
-    second = run("add", "c", "https://c.example/a: b", db=None)
+    second = run("add", "c", "https://c.example/a:b,c]", db=None)
+    spaced = run("add", "e", "https://e.example/a: b", db=None)
 
     assert first.exit_code == 0, first.output
     assert stdout_json(first)["url"] == "https://b.example"
     assert stdout_json(first)["notes"] == ["stored the URL as https://b.example (linepicker adds /v1 where a client needs it)"]
     assert "stored the URL as https://d.example" in run("add", "d", "https://d.example/v1", db=None).stderr
     assert second.exit_code == 0, second.output
+    assert spaced.exit_code == 2 and "url contains ' '" in spaced.stderr, "a URL with a space is no BaseURL"
     assert config.read_text() == (
-        'lines:\n- name: a\n  url: https://a.example\n- name: b\n  url: https://b.example\n- name: c\n  url: "https://c.example/a: b"\n'
+        "lines:\n- name: a\n  url: https://a.example\n- name: b\n  url: https://b.example\n- name: c\n  url: https://c.example/a:b,c]\n"
         "- name: d\n  url: https://d.example\n"
     )
-    assert lines_of(config)[-2].url == "https://c.example/a: b"
+    assert lines_of(config)[-2].url == "https://c.example/a:b,c]"
 
 
 def test_add_to_a_flow_list_and_a_crlf_file(run, tmp_path: Path) -> None:
@@ -300,3 +302,30 @@ def test_zsh_and_fish_completion_scripts_parse(shell: str, check: list[str]) -> 
     assert "linepicker" in script
     checked = subprocess.run([*check, script], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+YAML_BREAKS = {"line-separator": "\u2028", "paragraph-separator": "\u2029", "next-line": "\x85", "lone-cr": "\r", "crlf": "\r\n"}
+
+
+@pytest.mark.parametrize("brk", list(YAML_BREAKS.values()), ids=list(YAML_BREAKS))
+def test_remove_and_add_count_lines_as_yaml_does(run, tmp_path: Path, brk: str) -> None:
+    """A line break that str.count('\\n') misses once made `remove b` take a's `proxy:` with it."""
+    config = tmp_path / "lines.yaml"
+    text = (
+        f"# relay{brk}# notes\nkey_env: K\nlines:\n  - name: a\n    url: https://a.example\n    proxy: http://127.0.0.1:1\n"
+        f"  - name: b # second{brk}    url: https://b.example\n    proxy: http://127.0.0.1:2\n  - name: c\n    url: https://c.example\n    proxy: none\n"
+    )
+    config.write_bytes(text.encode())
+    before = {line.name: line for line in lines_of(config)}
+    assert set(before) == {"a", "b", "c"}
+
+    removed = run("remove", "b", db=None)
+    assert removed.exit_code == 0, removed.output
+    assert lines_of(config) == (before["a"], before["c"])
+    assert config.read_bytes().decode().startswith(f"# relay{brk}# notes\n"), "the comment before stays as it was"
+
+    added = run("add", "d", "https://d.example", "--proxy", "http://127.0.0.1:4", db=None)
+    assert added.exit_code == 0, added.output
+    assert lines_of(config) == (before["a"], before["c"], Line("d", "https://d.example", "http://127.0.0.1:4"))
+    assert run("remove", "a", db=None).exit_code == 0
+    assert lines_of(config) == (before["c"], Line("d", "https://d.example", "http://127.0.0.1:4"))

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import stat
@@ -190,6 +191,57 @@ def test_a_database_that_cannot_be_written_is_one_line_and_kept(relay: Relay, wr
     assert path.read_bytes() == before
     if what == "the file":
         assert env.exit_code == 0 and "OPENAI_BASE_URL" in env.stdout, "the last choice is still readable"
+
+
+READERS = {
+    "env": ["env", "--shell", "bash"],
+    "status": ["status", "--json"],
+    "history": ["history", "--json"],
+    "doctor": ["doctor", "--json"],
+    "report": ["report", "--html", "{out}/report.html", "--json"],
+    "pick": ["pick", "--json"],
+}
+
+
+def _on_a_read_only_mount(state: Path, mount: Path, out: Path, config: Path) -> dict[str, tuple[int, str, str]]:
+    """Each command of READERS run on a read-only bind mount of `state` (as root, in a mount namespace of its own)."""
+    script = [f"mount --bind {state} {mount}", f"mount -o remount,bind,ro {mount}", f"touch {mount}/probe 2>/dev/null && exit 97"]
+    console = Path(sys.executable).parent / "linepicker"
+    for name, argv in READERS.items():
+        args = " ".join(f"'{a.format(out=out)}'" for a in argv)
+        extra = "" if name == "env" else f" --config '{config}'"
+        script.append(f"'{console}' {args} --db '{mount}/lp.db'{extra} >'{out}/{name}.out' 2>'{out}/{name}.err'; echo $? >'{out}/{name}.rc'")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", " && ".join(script[:3]) + "; " + "; ".join(script[3:])], capture_output=True, text=True)
+    if done.returncode == 97:
+        pytest.fail("the bind mount is writable")
+    if done.returncode != 0 and not (out / "env.rc").exists():
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+    return {name: (int((out / f"{name}.rc").read_text()), (out / f"{name}.out").read_text(), (out / f"{name}.err").read_text()) for name in READERS}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a read-only mount needs root (permission bits do not stop root)")
+def test_readers_work_on_a_read_only_filesystem(relay: Relay, write_config, run, tmp_path: Path) -> None:
+    """WAL readers want a -shm file beside the database; on a read-only disk it cannot be created."""
+    config = write_config({"a": relay.url("a")})
+    state, mount, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "out"
+    for directory in (state, mount, out):
+        directory.mkdir()
+    assert run("pick", "--config", str(config), db=state / "lp.db").exit_code == 0
+    assert sorted(p.name for p in state.iterdir()) == ["lp.db"], "a clean close leaves no -wal or -shm"
+    before = (state / "lp.db").read_bytes()
+
+    results = _on_a_read_only_mount(state, mount, out, config)
+
+    for name in ("env", "status", "history", "doctor", "report"):
+        code, stdout, stderr = results[name]
+        assert code in (0, 1) and "Traceback" not in stderr and "error:" not in stderr, (name, stderr)
+    assert f"export OPENAI_BASE_URL='{relay.url('a')}/v1'" in results["env"][1]
+    assert json.loads(results["status"][1])["chosen"]["name"] == "a"
+    assert [line["name"] for line in json.loads(results["history"][1])["lines"]] == ["a"]
+    assert (out / "report.html").stat().st_size > 1000
+    code, _, stderr = results["pick"]
+    assert code == 1 and "readonly" in one_line_error(stderr, mount / "lp.db")
+    assert (state / "lp.db").read_bytes() == before and sorted(p.name for p in state.iterdir()) == ["lp.db"]
 
 
 # ---------------------------------------------------------------- target files

@@ -18,7 +18,7 @@ from linepicker.store import Store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent  # the venv's bin, where pip put the `linepicker` console script
-URL = "http://127.0.0.1:9/line/it's"  # a quote: every shell's quoting is exercised
+URL = "http://127.0.0.1:9/line/a;b&c(d)!e*"  # shell metacharacters a line URL may hold: every shell's quoting is exercised
 SHOW = {
     "bash": 'printf "%s|%s|%s" "$OPENAI_BASE_URL" "$OPENAI_API_BASE" "$ANTHROPIC_BASE_URL"',
     "zsh": 'printf "%s|%s|%s" "$OPENAI_BASE_URL" "$OPENAI_API_BASE" "$ANTHROPIC_BASE_URL"',

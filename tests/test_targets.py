@@ -122,6 +122,28 @@ def test_single_quote_in_url_is_quoted_for_each_shell() -> None:
     assert shell_exports(url, "powershell").splitlines()[2] == "$env:ANTHROPIC_BASE_URL = 'https://relay.example/it''s'"
 
 
+@pytest.mark.parametrize(
+    "url, line",
+    [
+        ("https://r.example/a%41b", 'set "ANTHROPIC_BASE_URL=https://r.example/a%%41b"'),
+        ("https://r.example/%PATH%", 'set "ANTHROPIC_BASE_URL=https://r.example/%%PATH%%"'),
+        ("https://r.example/a&b|c<d>e^f!g(h)", 'set "ANTHROPIC_BASE_URL=https://r.example/a&b|c<d>e^f!g(h)"'),
+        ('https://r.example/a"&b|c<d>e^f!g(h)"&i', 'set "ANTHROPIC_BASE_URL=https://r.example/a"^&b^|c^<d^>e^^f^!g^(h^)"&i"'),
+        ('https://r.example/"%&', 'set "ANTHROPIC_BASE_URL=https://r.example/"%%^&"'),
+    ],
+    ids=["percent-escape", "variable", "specials-inside-quotes", "specials-after-a-quote", "quote-percent-ampersand"],
+)
+def test_cmd_exports_escape_what_a_batch_file_would_act_on(url: str, line: str) -> None:
+    """cmd expands % even inside quotes; each " in the value turns quoting off or on, and outside it & | < > ^ ( ) ! need ^."""
+    assert shell_exports(url, "cmd").splitlines()[2] == line
+
+
+@pytest.mark.parametrize("quote", ["'", "\u2018", "\u2019", "\u201a", "\u201b"], ids=["apostrophe", "left", "right", "low", "reversed"])
+def test_powershell_doubles_every_character_it_takes_for_a_single_quote(quote: str) -> None:
+    url = f"https://r.example/it{quote}s;Remove-Item x"
+    assert shell_exports(url, "powershell").splitlines()[2] == f"$env:ANTHROPIC_BASE_URL = 'https://r.example/it{quote * 2}s;Remove-Item x'"
+
+
 def test_fish_quoting_escapes_backslashes_that_fish_reads_inside_single_quotes() -> None:
     """In fish, '\\\\' inside single quotes is one backslash, and a trailing '\\' would escape the closing quote."""
     line = shell_exports("https://relay.example/a\\b\\", "fish").splitlines()[2]
@@ -324,8 +346,15 @@ def test_claude_settings_without_env_gains_one(tmp_path: Path) -> None:
         (b'[{"env": {}}]', "JSON object"),
         (b'{"env": "ANTHROPIC_BASE_URL=x"}', "'env'"),
         (b"\xff\xfe{}", "cannot read"),
+        (b'{"big": NaN, "env": {}}', "not valid JSON"),
+        (b'{"big": Infinity}', "not valid JSON"),
+        (b'{"small": -Infinity}', "not valid JSON"),
+        (b'{"emoji": "\\ud83d", "env": {"ANTHROPIC_BASE_URL": "x"}}', "surrogate"),
+        (b'{"env": {"\\udc00": 1}}', "surrogate"),
+        (b'{"model": "opus",}', "not valid JSON"),
+        (b'{"model": "opus"}\x0c', "not valid JSON"),
     ],
-    ids=["invalid-json", "array", "env-not-object", "not-utf8"],
+    ids=["invalid-json", "array", "env-not-object", "not-utf8", "nan", "infinity", "minus-infinity", "lone-surrogate", "surrogate-key", "trailing-comma", "form-feed"],
 )
 def test_claude_settings_that_cannot_be_understood_are_left_byte_for_byte(tmp_path: Path, content: bytes, words: str) -> None:
     path = tmp_path / "settings.json"
@@ -339,6 +368,65 @@ def test_claude_settings_that_cannot_be_understood_are_left_byte_for_byte(tmp_pa
     assert path.read_bytes() == content
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert leftovers(tmp_path) == []
+
+
+# Values that no parse/serialise round trip keeps as written.
+TRICKY = (
+    '{\r\n\t"big": 1e400,\r\n\t"huge": ' + "9" * 5000 + ',\r\n\t"zero": -0.0, "one": 1.0, "int": 1, "exp": 2E-3,\r\n'
+    '\t"text": "caf\\u00e9 \\/ \\ud83d\\ude00 名字",   "order": {"z": [], "a": {}},\r\n'
+    '\t"env": {"ANTHROPIC_BASE_URL": "https:\\/\\/old.example", "FOO": "1"},\r\n'
+    '\t"dup": 1, "dup": 2,\r\n'
+    '\t"env": {\r\n\t\t"ANTHROPIC_BASE_URL" :  "https://old.example" ,\r\n\t\t"BAR": null\r\n\t}\r\n}\r\n'
+)
+
+
+def test_claude_settings_keep_every_byte_but_the_value_they_set(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_bytes(TRICKY.encode())
+    update_claude_settings(path, URL)
+    # JSON.parse and Python keep the last of duplicate keys, so the last env is the one Claude Code reads.
+    assert path.read_bytes().decode() == TRICKY.replace('  "https://old.example" ,', f'  "{URL}" ,')
+    assert update_claude_settings(path, URL).changed is False
+
+
+NODE_READS = r"""
+const fs = require("fs");
+const [before, after] = process.argv.slice(1).map((p) => JSON.parse(fs.readFileSync(p, "utf8")));
+const url = after.env.ANTHROPIC_BASE_URL;
+before.env.ANTHROPIC_BASE_URL = url;
+console.log(JSON.stringify({url, same: JSON.stringify(before) === JSON.stringify(after)}));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node (Claude Code's runtime) is not installed")
+def test_claude_code_reads_the_new_url_and_every_value_it_read_before(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "settings.json"
+    before.write_bytes(TRICKY.encode())
+    after.write_bytes(TRICKY.encode())
+    update_claude_settings(after, URL)
+    read = subprocess.run(["node", "-e", NODE_READS, str(before), str(after)], capture_output=True, text=True, check=True)
+    assert json.loads(read.stdout) == {"url": URL, "same": True}
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ('{\n    "model": "opus"\n}\n', '{\n    "model": "opus",\n    "env": {\n        "ANTHROPIC_BASE_URL": "NEWURL"\n    }\n}\n'),
+        ('{\n\t"model": 1.0,\n\t"env": {}\n}', '{\n\t"model": 1.0,\n\t"env": {\n\t\t"ANTHROPIC_BASE_URL": "NEWURL"\n\t}\n}'),
+        ('{\r\n  "env": {\r\n    "FOO": 1e400\r\n  }\r\n}\r\n', '{\r\n  "env": {\r\n    "FOO": 1e400,\r\n    "ANTHROPIC_BASE_URL": "NEWURL"\r\n  }\r\n}\r\n'),
+        ('{"model": -0.0}', '{"model": -0.0, "env": {"ANTHROPIC_BASE_URL": "NEWURL"}}'),
+        ('{}', '{"env": {"ANTHROPIC_BASE_URL": "NEWURL"}}'),
+        ("  \n", '{\n  "env": {\n    "ANTHROPIC_BASE_URL": "NEWURL"\n  }\n}\n'),
+    ],
+    ids=["four-spaces", "tabs-empty-env", "crlf-env-without-key", "one-line", "empty-object", "blank-file"],
+)
+def test_claude_settings_gain_the_key_in_the_files_own_layout(tmp_path: Path, before: str, after: str) -> None:
+    path = tmp_path / "settings.json"
+    path.write_bytes(before.encode())
+    update_claude_settings(path, URL)
+    text = path.read_bytes().decode()
+    assert text == after.replace("NEWURL", URL)
+    assert json.loads(text)["env"]["ANTHROPIC_BASE_URL"] == URL
 
 
 def test_claude_settings_keep_their_mode(tmp_path: Path) -> None:
@@ -488,3 +576,99 @@ def test_killing_a_writer_at_any_moment_leaves_old_or_new_content(tmp_path: Path
         seen = set().union(*(future.result() for future in futures))
     assert seen == {URL_A, URL_B}, "the writer must have been caught both before and after a switch"
     assert time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------- .env as its readers read it
+
+
+def read_back_by_shell(shell: str, path: Path, names: list[str]) -> dict[str, str]:
+    """What `set -a; . ./.env` gives a POSIX shell, NUL-separated so any value comes back whole."""
+    script = f'set -a; . "{path}"; ' + " ".join(f'printf "%s\\0" "${name}";' for name in names)
+    out = subprocess.run([shell, "-c", script], capture_output=True, cwd=path.parent, check=True).stdout
+    return dict(zip(names, out.decode().split("\0")))
+
+
+def read_back_by_dotenv(path: Path) -> dict[str, str | None]:
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(path))
+
+
+DOTENV_SHELLS = [shell for shell in ("sh", "bash", "zsh") if shutil.which(shell)]
+
+
+def test_dotenv_lines_end_where_dotenv_and_sh_end_them(tmp_path: Path) -> None:
+    """\\x0c, \\x1c-\\x1e, \\x85 and U+2028 end a line for str.splitlines() only: the rest of that line is not a binding."""
+    env = tmp_path / ".env"
+    original = "NOTE='a\x0cOPENAI_BASE_URL=glued'\nWIDE='b\u2028ANTHROPIC_BASE_URL=glued\x85c'\nSEP='d\x1cOPENAI_API_BASE=glued'\n"
+    env.write_text(original)
+    before = read_back_by_dotenv(env)
+    update_dotenv(env, URL)
+    text = env.read_text()
+    assert text.startswith(original)
+    after = read_back_by_dotenv(env)
+    assert {key: after[key] for key in before} == before
+    assert after == {**before, **client_env(URL)}
+    for shell in DOTENV_SHELLS:
+        assert read_back_by_shell(shell, env, list(after)) == after, shell
+
+
+def test_a_matching_line_inside_another_keys_multiline_value_is_left_alone(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    original = (
+        'CERT="-----BEGIN-----\nOPENAI_BASE_URL=https://inside.example/v1\n-----END-----"\n'
+        "NOTE='first\nexport ANTHROPIC_BASE_URL=https://inside.example\n'\n"
+        "export OPENAI_API_BASE='https://old.example/v1' # mine\n"
+    )
+    env.write_bytes(original.encode())
+    update_dotenv(env, URL)
+    text = env.read_bytes().decode()
+    assert text.startswith(original.split("export OPENAI_API_BASE")[0])
+    assert f"export OPENAI_API_BASE='{URL}/v1' # mine\n" in text
+    values = read_back_by_dotenv(env)
+    assert values["CERT"] == "-----BEGIN-----\nOPENAI_BASE_URL=https://inside.example/v1\n-----END-----"
+    assert values["NOTE"] == "first\nexport ANTHROPIC_BASE_URL=https://inside.example\n"
+    assert {key: values[key] for key in client_env(URL)} == client_env(URL)
+    for shell in DOTENV_SHELLS:
+        assert read_back_by_shell(shell, env, list(values)) == values, shell
+
+
+NASTY_URLS = [
+    "https://a.example/$(touch pwned)",
+    "https://a.example/`touch pwned`",
+    "https://a.example/x;touch pwned",
+    "https://a.example/x&&touch pwned",
+    "https://a.example/x|touch pwned",
+    "https://a.example/a'b",
+    'https://a.example/a"b',
+    "https://a.example/a\\b",
+    "https://a.example/${HOME}",
+    "https://a.example/$HOME",
+    "https://a.example/x #not-a-comment",
+    "https://a.example/*?[a]~!#%41(x)<y>{z}",
+    "https://a.example/a'b\"c",
+    "https://a.example/\nEVIL=1",
+]
+
+
+@pytest.mark.parametrize("style", ["bare", "single", "double", "export", "new"])
+def test_dotenv_values_read_back_exactly_in_sh_and_dotenv_or_are_refused(tmp_path: Path, style: str) -> None:
+    """Each URL is written in each quoting a user may have chosen; it reads back as written, or the file is left alone."""
+    written = refused = 0
+    for n, url in enumerate(NASTY_URLS):
+        env = tmp_path / f"{n}.env"
+        old = {"bare": "OPENAI_BASE_URL=old", "single": "OPENAI_BASE_URL='old'", "double": 'OPENAI_BASE_URL="old"', "export": "export OPENAI_BASE_URL=old", "new": "OTHER=1"}[style]
+        env.write_text(old + "\n")
+        try:
+            update_dotenv(env, url)
+        except TargetError as exc:
+            assert env.read_text() == old + "\n" and "\n" not in str(exc)
+            refused += 1
+            continue
+        written += 1
+        expected = client_env(url)
+        assert {key: read_back_by_dotenv(env)[key] for key in expected} == expected, env.read_text()
+        for shell in DOTENV_SHELLS:
+            assert read_back_by_shell(shell, env, list(expected)) == expected, (shell, env.read_text())
+    assert not (tmp_path / "pwned").exists()
+    assert written >= 10 and refused <= 4

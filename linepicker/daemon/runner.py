@@ -136,10 +136,13 @@ def database_lock(db: Path) -> Iterator[None]:
 
     An OS lock (flock) rather than a pid file, so a crashed daemon never leaves
     a stale lock behind. The file holds the owner's pid for the error message.
+    It sits beside the real file, symlinks resolved, as SQLite follows them:
+    two paths to one database are one daemon's.
     """
     import fcntl
 
-    path = db.with_name(db.name + ".lock")
+    real = Path(os.path.realpath(db))
+    path = real.with_name(real.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

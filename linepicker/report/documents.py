@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..config import Config
+from ..config import BUNDLED, Config
 from ..picker import LineReport, RoundResult, Status
 from ..policy import Judgement, LineStats, judge
 from ..probe.phases import median_phases
@@ -86,9 +86,6 @@ def judgement_of(result: RoundResult, report: LineReport, config: Config) -> Jud
     if result.verdict is not None:
         return result.verdict.judgements[report.line.name]
     return judge(report.stats, config.policy)
-
-
-BUNDLED = "bundled default"  # config.origin of the example config shipped with the package
 
 
 def no_eligible_hint(result: RoundResult, config: Config) -> str | None:
