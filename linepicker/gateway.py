@@ -1,0 +1,921 @@
+"""The local gateway: one endpoint every client reads once, forwarded to the best line of the moment.
+
+Claude Code and Codex read their BaseURL at start and keep it, so a choice
+made later never reaches a running session; a stable local endpoint does.
+Each request goes to the lines in the order a callable gives (the policy's,
+chosen first), and moves to the next line only while nothing of the answer
+has reached the client: a line that cannot be reached, resets before
+answering, answers with a page that is not the API, or opens its stream with
+an error event. Everything else, 401, 403, 429 and the API's own JSON errors
+included, is the answer, passed on as it arrives.
+
+This module is the core of it and knows nothing of the daemon: it is given
+the lines and a callback that receives every attempt as evidence, so tests
+and benches run it alone. Connections to the lines are pooled and kept alive
+(unlike probes, which time fresh ones). Credentials pass through untouched
+and are never kept, logged or put in the evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .chat import Event, EventStream
+from .config import GatewaySettings, Line, is_loopback
+from .probe import (
+    HTTP_4XX,
+    HTTP_5XX,
+    AUTH,
+    MODEL_ERROR,
+    OK,
+    PROTOCOL,
+    RATE_LIMITED,
+    TIMEOUT,
+    UNFINISHED,
+    classify_exception,
+    classify_response,
+    make_ssl_context,
+    proxy_for,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("linepicker")
+
+LINE_HEADER = "x-linepicker-line"
+MAX_HEADERS = 128  # request headers a client may send; Claude Code sends about 20
+LINE_HEADER_CAP = 64 * 1024  # a line's header lines; larger is a broken or hostile line
+HELD_CAP = 64 * 1024  # a stream held back longer than this without a judgeable event is let through
+PAGE_CAP = 64 * 1024  # of a page that is not the API, read to name it; the rest is not needed
+POOL_IDLE_S = 15.0  # a pooled connection to a line unused this long is closed
+STALE_RETRIES = 2  # a kept-alive connection the line closed meanwhile is retried on a new one, not failed over
+ERROR_TEXT_CAP = 300
+SECRET_PIECE = 6  # no run of this many characters of a credential survives in recorded text
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded; plus the framing we redo.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+     "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+)
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one request on one line: the evidence a gateway gives about that line.
+
+    Never a body, a header value or a query string; `error` has every credential
+    of the request scrubbed out.
+    """
+
+    line: str
+    seq: int  # 1 for the first line tried for the request, 2 for the next...
+    started_at: float  # unix time
+    method: str
+    path: str  # without the query, which may carry a key
+    outcome: str  # the probes' vocabulary (ok, refused, not_api, model_error...), unfinished if the client left
+    success: bool | None  # the line delivered the API's answer (any status); None: the client left first
+    failover: bool = False  # this attempt failed and the request went on to another line
+    previous: str | None = None  # the line tried just before, for failovers
+    status: int | None = None
+    error: str | None = None
+    stream: bool = False  # the answer was an event stream
+    request_bytes: int = 0
+    upload_ms: float | None = None  # the request's head sent -> its body sent
+    ttfb_ms: float | None = None  # request sent -> the answer's head
+    ttft_ms: float | None = None  # request sent -> the first text of a stream
+    total_ms: float | None = None
+    tokens: int | None = None  # output tokens, when the stream carries the API's usage
+    tokens_per_s: float | None = None
+    reused: bool = False  # on a kept-alive connection
+    tripped: bool = False  # this failure opened the line's circuit breaker
+
+
+class Breakers:
+    """Per-line circuit breakers fed by real requests.
+
+    `failures` consecutive failed attempts open a line: it is skipped for the
+    cooldown, then half-open: one request may try it, and its outcome closes
+    the breaker or opens it again for twice as long (up to 16 times).
+    Passing answers on (a 429, the API's errors) is never a failure: only
+    what makes the gateway move to another line is.
+    """
+
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic):
+        self.failures = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self._state: dict[str, _Breaker] = {}
+
+    def state(self, name: str) -> str:
+        breaker = self._state.get(name)
+        if breaker is None or breaker.opened_at is None:
+            return "closed"
+        return "open" if self.clock() < breaker.opened_at + breaker.cooldown else "half-open"
+
+    def reopens_in(self, name: str) -> float | None:
+        """Seconds until an open line may be tried again."""
+        breaker = self._state.get(name)
+        if breaker is None or breaker.opened_at is None:
+            return None
+        return max(0.0, breaker.opened_at + breaker.cooldown - self.clock())
+
+    def claim(self, name: str) -> bool:
+        """May a request try this line now? A half-open line lets one request through at a time."""
+        state = self.state(name)
+        if state == "closed":
+            return True
+        breaker = self._state[name]
+        if state == "half-open" and not breaker.trial:
+            breaker.trial = True
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        """A claimed trial that never ran (an earlier line answered) goes back."""
+        if (breaker := self._state.get(name)) is not None:
+            breaker.trial = False
+
+    def record(self, name: str, ok: bool) -> bool:
+        """Fold one attempt in; True when this failure opened the line."""
+        breaker = self._state.setdefault(name, _Breaker())
+        breaker.trial = False
+        if ok:
+            self._state[name] = _Breaker()
+            return False
+        breaker.failed += 1
+        if breaker.opened_at is not None:  # a half-open trial failed, or a last-resort try of an open line
+            breaker.opened_at = self.clock()
+            breaker.cooldown = min(breaker.cooldown * 2, self.cooldown * 16)
+            return True
+        if breaker.failed >= self.failures:
+            breaker.opened_at = self.clock()
+            breaker.cooldown = self.cooldown
+            return True
+        return False
+
+    def forget(self, keep: set[str]) -> None:
+        """Lines removed from the config take their breakers with them."""
+        self._state = {name: b for name, b in self._state.items() if name in keep}
+
+
+@dataclass
+class _Breaker:
+    failed: int = 0
+    opened_at: float | None = None  # monotonic
+    cooldown: float = 0.0
+    trial: bool = False
+
+
+@dataclass
+class _Body:
+    """The request body: whole (and so replayable on another line) or streaming through once."""
+
+    data: bytes | None  # None with no stream: no body at all
+    stream: AsyncIterator[bytes] | None = None
+    size: int = 0  # bytes read from the client so far
+    length: int | None = None  # the client's Content-Length, announced again for a streaming body
+    too_large: bool = False  # a streaming body went past max_body_bytes (aiohttp reports it as a send failure)
+
+    @property
+    def replayable(self) -> bool:
+        return self.stream is None
+
+    def streaming(self, content: Any, read: list[bytes], cap: int) -> "_Body":
+        """Go on as a stream: what was read, then the rest as it arrives, up to `cap` bytes in all."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in read:
+                yield chunk
+            while chunk := await content.readany():
+                self.size += len(chunk)
+                if self.size > cap:
+                    self.too_large = True
+                    raise BodyTooLarge
+                yield chunk
+
+        self.stream = chunks()
+        return self
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class _Stamps:
+    """perf_counter moments of one attempt, written by the trace hooks and the forwarding loop."""
+
+    start: float
+    sent: float | None = None  # the request's head written
+    body_sent: float | None = None
+    head: float | None = None  # the answer's head parsed
+    end: float | None = None
+    reused: bool = False
+
+
+class Gateway:
+    """Serve `settings.listen`, forwarding every request to the lines that `lines()` gives, in that order."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        lines: Callable[[], Sequence[Line]],
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ):
+        self.settings = settings
+        self.lines = lines
+        self.on_attempt = on_attempt
+        self.breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown)
+        self.url: str | None = None
+        self._runner: web.ServerRunner | None = None
+        self._server: _Server | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._hosts: frozenset[str] = frozenset()
+        self._port = 0
+        self._ssl = {verify: make_ssl_context(verify) for verify in (True, False)}
+        self._proxies = urllib.request.getproxies_environment()  # read once: it walks all of os.environ
+
+    async def start(self) -> str:
+        """Bind and serve; returns the base URL clients are given. A port in use is a one-line OSError."""
+        import aiohttp
+
+        settings = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S, ttl_dns_cache=10),
+            trace_configs=[_trace_config()],
+            auto_decompress=False,  # bytes pass through as the line encoded them
+            trust_env=False,  # a line's proxy is chosen per line, as probes do
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # only what the client sent
+            max_line_size=LINE_HEADER_CAP,
+            max_field_size=LINE_HEADER_CAP,
+        )
+        server = _Server(
+            self.handle,
+            settings.header_timeout,
+            handler_cancellation=True,  # a client that leaves cancels its request to the line
+            keepalive_timeout=settings.idle_timeout,
+            max_line_size=settings.max_header_bytes,
+            max_field_size=settings.max_header_bytes,
+            max_headers=MAX_HEADERS,
+            access_log=None,
+        )
+        self._server = server
+        runner = web.ServerRunner(server, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
+        except OSError:
+            await runner.cleanup()
+            await self._session.close()
+            raise
+        self._runner = runner
+        port = runner.addresses[0][1]
+        self._hosts = _allowed_hosts(settings.host, port)
+        self._port = port
+        self.url = GatewaySettings(host=settings.host, port=port).url
+        return self.url
+
+    async def close(self) -> None:
+        """Stop listening; requests in flight get a short grace, then their connections are closed."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._server is not None:
+            self._server.head_arrived(request.protocol)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return _error(403, refusal, "request_refused")
+        try:
+            return await self._forward(request)
+        except BodyTooLarge:
+            limit = self.settings.max_body_bytes
+            return _error(413, f"the request body is larger than gateway.max_body_bytes ({limit} bytes)", "request_too_large")
+
+    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Try the planned lines in turn until one answers for the client."""
+        body = await self._read_body(request)
+        plan, claimed = self._plan(body.replayable)
+        if not plan:
+            return _error(503, "no line is configured", "no_line")
+        tried: list[str] = []
+        try:
+            for seq, line in enumerate(plan, 1):
+                claimed.discard(line.name)
+                response = await self._attempt(request, line, body, seq, tried[-1] if tried else None, last=seq == len(plan))
+                if response is not None:
+                    return response
+                tried.append(line.name)
+        finally:
+            for name in claimed:
+                self.breakers.release(name)
+        return _error(502, f"no line answered (tried {', '.join(tried)}); see the daemon's log", "no_line_answered")
+
+    def _refusal(self, request: web.BaseRequest) -> str | None:
+        """A web page must not reach the gateway (it would spend the user's key), nor a name it does not serve."""
+        host = request.headers.get("Host", "").lower()
+        if host not in self._hosts and not (self.settings.allow_remote and _remote_host_ok(host, self.settings.host, self._port)):
+            return f"the gateway answers only to {', '.join(sorted(self._hosts))}, not Host {host[:100]!r}"
+        origin = request.headers.get("Origin")
+        if origin is not None and not _loopback_origin(origin):
+            return "requests from web pages are refused (Origin is not this machine)"
+        if not request.raw_path.startswith("/"):
+            return "the request target must be a path"
+        return None
+
+    async def _read_body(self, request: web.BaseRequest) -> _Body:
+        """Keep a body up to max_replay_bytes for a retry; a larger one streams to one line only."""
+        settings = self.settings
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise BodyTooLarge
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the low-level server leaves this to us
+        body = _Body(None, length=length)
+        if not request.body_exists:
+            return body
+        if length is not None and length > settings.max_replay_bytes:
+            return body.streaming(request.content, [], settings.max_body_bytes)
+        chunks: list[bytes] = []
+        while chunk := await request.content.readany():
+            chunks.append(chunk)
+            body.size += len(chunk)
+            if body.size > settings.max_body_bytes:
+                raise BodyTooLarge
+            if body.size > settings.max_replay_bytes:  # a chunked body, of no announced length
+                return body.streaming(request.content, chunks, settings.max_body_bytes)
+        body.data = b"".join(chunks)
+        return body
+
+    def _plan(self, replayable: bool) -> tuple[list[Line], set[str]]:
+        """The lines to try, in order: those whose breaker lets them, then the open ones as a last resort.
+
+        Returns the half-open lines whose one trial this request has claimed, to give back if not tried.
+        """
+        breakers = self.breakers
+        usable: list[Line] = []
+        rest: list[Line] = []
+        claimed: set[str] = set()
+        attempts = self.settings.max_attempts if replayable else 1
+        for line in self.lines():
+            if len(usable) < attempts and breakers.claim(line.name):
+                usable.append(line)
+                if breakers.state(line.name) == "half-open":
+                    claimed.add(line.name)
+            else:
+                rest.append(line)
+        return (usable + rest)[:attempts], claimed
+
+    async def _attempt(
+        self, request: web.BaseRequest, line: Line, body: _Body, seq: int, previous: str | None, last: bool
+    ) -> web.StreamResponse | None:
+        """Try one line; the answer when it is to be the client's, None to go on to the next line."""
+        record = _Record(self, request, line, seq, previous, body)
+        try:
+            upstream = await self._send(request, line, body, record)
+        except asyncio.CancelledError:
+            record.finish(UNFINISHED, None, "the client left before the answer")
+            raise
+        except Exception as exc:
+            if body.too_large:
+                record.finish(UNFINISHED, None, "the request body went past gateway.max_body_bytes")
+                raise BodyTooLarge from None
+            outcome, error = classify_exception(exc, self.settings.first_byte_timeout or self.settings.connect_timeout)
+            if outcome == TIMEOUT:
+                error = _timeout_text(record.stamps, self.settings)
+            record.finish(outcome, False, error, failover=not last)
+            return None
+        try:
+            return await _Forward(self, request, line, upstream, record, last).run()
+        finally:
+            if upstream.content.at_eof():
+                upstream.release()  # the connection goes back to the pool
+            else:
+                upstream.close()  # an answer not read to its end leaves the connection unusable
+
+    async def _send(self, request: web.BaseRequest, line: Line, body: _Body, record: "_Record") -> "aiohttp.ClientResponse":
+        """Send the request; a kept-alive connection the line closed in the meantime is retried on a new one."""
+        import aiohttp
+        from yarl import URL
+
+        assert self._session is not None
+        settings = self.settings
+        target = URL(line.url + request.raw_path, encoded=True)
+        if target.origin() != URL(line.url).origin():
+            raise aiohttp.InvalidURL(line.url)  # defence in depth: only configured lines are ever reached
+        headers = _forward_headers(request.headers, body)
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
+        for retry in range(STALE_RETRIES + 1):
+            stamps = record.stamps = _Stamps(time.perf_counter())
+            try:
+                async with asyncio.timeout(settings.first_byte_timeout):
+                    response = await self._session.request(
+                        request.method,
+                        target,
+                        headers=headers,
+                        data=body.data if body.replayable else body.stream,
+                        allow_redirects=False,
+                        ssl=self._ssl[not line.insecure],
+                        proxy=proxy_for(line, line.url, self._proxies),
+                        timeout=timeout,
+                        trace_request_ctx=stamps,
+                    )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if stamps.reused and body.replayable and retry < STALE_RETRIES and _is_reset(exc):
+                    continue
+                raise
+            stamps.head = time.perf_counter()
+            return response
+        raise AssertionError("unreachable: the last retry raises")
+
+    def emit(self, attempt: Attempt) -> None:
+        if self.on_attempt is None:
+            return
+        try:
+            self.on_attempt(attempt)
+        except Exception as exc:  # evidence is worth less than the request it describes
+            log.error("gateway: recording an attempt failed: %s", exc)
+
+
+class _Record:
+    """What one attempt has shown so far, turned into an Attempt once its outcome is known."""
+
+    def __init__(self, gateway: Gateway, request: web.BaseRequest, line: Line, seq: int, previous: str | None, body: _Body):
+        self.gateway = gateway
+        self.line = line
+        self.seq = seq
+        self.previous = previous
+        self.method = request.method
+        self.path = request.path[:200]
+        self.body = body
+        self.secrets = _credentials(request.headers)
+        self.started_at = time.time()
+        self.stamps = _Stamps(time.perf_counter())
+        self.status: int | None = None
+        self.watch: _StreamWatch | None = None
+        self.done = False
+
+    def finish(self, outcome: str, success: bool | None, error: str | None, failover: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        stamps = self.stamps
+        stamps.end = time.perf_counter()
+        breakers = self.gateway.breakers
+        tripped = False
+        if success is None:
+            breakers.release(self.line.name)
+        else:
+            tripped = breakers.record(self.line.name, success)
+        watch = self.watch
+        attempt = Attempt(
+            line=self.line.name,
+            seq=self.seq,
+            started_at=self.started_at,
+            method=self.method,
+            path=self.path,
+            outcome=outcome,
+            success=success,
+            failover=failover,
+            previous=self.previous,
+            status=self.status,
+            error=_scrub(error, self.secrets) if error else None,
+            stream=watch is not None,
+            request_bytes=self.body.size,
+            upload_ms=_ms(stamps.sent, stamps.body_sent),
+            ttfb_ms=_ms(stamps.sent, stamps.head),
+            ttft_ms=_ms(stamps.sent, watch.first_text) if watch else None,
+            total_ms=_ms(stamps.start, stamps.end),
+            tokens=watch.tokens if watch else None,
+            tokens_per_s=watch.rate() if watch and outcome == OK else None,
+            reused=stamps.reused,
+            tripped=tripped,
+        )
+        if failover:
+            log.info("gateway: %s %s: %s failed (%s), trying the next line", self.method, self.path, self.line.name, attempt.error or outcome)
+        elif success is False:
+            log.warning("gateway: %s %s on %s: %s", self.method, self.path, self.line.name, attempt.error or outcome)
+        if tripped:
+            log.warning("gateway: %s skipped for %.3g s: its requests keep failing", self.line.name, breakers.reopens_in(self.line.name) or 0)
+        self.gateway.emit(attempt)
+
+
+class _Forward:
+    """Judge a line's answer before any of it reaches the client, then pass it on as it arrives."""
+
+    def __init__(self, gateway: Gateway, request: web.BaseRequest, line: Line, upstream: "aiohttp.ClientResponse", record: _Record, last: bool):
+        self.gateway = gateway
+        self.request = request
+        self.line = line
+        self.upstream = upstream
+        self.record = record
+        self.last = last
+        self.held: list[bytes] = []
+        record.status = upstream.status
+
+    async def run(self) -> web.StreamResponse | None:
+        try:
+            failure = await self._judge()
+        except asyncio.CancelledError:
+            self.record.finish(UNFINISHED, None, "the client left before the answer")
+            raise
+        except Exception as exc:  # the line broke off before its answer could be judged
+            outcome, error = classify_exception(exc, self.gateway.settings.connect_timeout)
+            failure = (outcome, error)
+        if failure is not None and not self.last:
+            self.record.finish(failure[0], False, failure[1], failover=True)
+            return None
+        return await self._pass_on(failure)
+
+    async def _judge(self) -> tuple[str, str] | None:
+        """Why this answer is not the API's (outcome, error), or None when it is to be passed on."""
+        upstream = self.upstream
+        status = upstream.status
+        ctype = upstream.headers.get("Content-Type", "").lower()
+        if not self.request.path.startswith("/v1/") or status in (401, 429):
+            return None
+        if "html" in ctype or (status >= 500 and "json" not in ctype) or not ctype and await self._peek_is_page():
+            page = await self._hold(PAGE_CAP)
+            api = "anthropic" if self.request.path.startswith("/v1/messages") else "openai"
+            outcome, error = classify_response(status, ctype, page, upstream.content.at_eof(), api)
+            return outcome, error or f"HTTP {status} that is not the API"
+        if 200 <= status < 300 and "text/event-stream" in ctype:
+            return await self._first_event()
+        return None
+
+    async def _peek_is_page(self) -> bool:
+        chunk = await self.upstream.content.readany()
+        if chunk:
+            self.held.append(chunk)
+        return b"".join(self.held).lstrip()[:1] == b"<"
+
+    async def _hold(self, cap: int) -> bytes:
+        """Read and keep up to `cap` bytes of the answer, for judging it and passing it on if it is to be."""
+        size = sum(map(len, self.held))
+        while size < cap:
+            chunk = await self.upstream.content.readany()
+            if not chunk:
+                break
+            self.held.append(chunk)
+            size += len(chunk)
+        return b"".join(self.held)
+
+    async def _first_event(self) -> tuple[str, str] | None:
+        """Hold a stream back until its first event says whether it is an answer or an error."""
+        watch = self.record.watch = _StreamWatch(self.record.stamps)
+        size = 0
+        while watch.verdict is None:
+            chunk = await self.upstream.content.readany()
+            if not chunk:
+                return PROTOCOL, "the stream ended before its first event"
+            self.held.append(chunk)
+            watch.feed(chunk)
+            size += len(chunk)
+            if size >= HELD_CAP:
+                return None
+        return None if watch.verdict is True else (MODEL_ERROR, f"the stream opened with an error: {watch.verdict}")
+
+    async def _pass_on(self, failure: tuple[str, str] | None) -> web.StreamResponse:
+        """Send the held bytes and the rest as they come; a line that breaks off mid-way breaks the client's answer too."""
+        upstream, record, request = self.upstream, self.record, self.request
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_answer_headers(upstream.headers, self.line.name))
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit() and request.method != "HEAD":
+            response.content_length = int(length)
+        watch = record.watch
+        try:
+            await response.prepare(request)
+            for chunk in self.held:
+                await response.write(chunk)
+            while chunk := await upstream.content.readany():
+                if watch is not None:
+                    watch.feed(chunk)
+                await response.write(chunk)
+        except asyncio.CancelledError:
+            self._client_left()
+            raise
+        except ConnectionError:  # the client's side: it went away
+            self._client_left()
+            return response
+        except Exception as exc:
+            outcome, error = classify_exception(exc, self.gateway.settings.connect_timeout)
+            record.finish(outcome, False, f"cut mid-answer: {error}")
+            _break_off(request)  # the client must see a broken answer, never a clean end
+            return response
+        await response.write_eof()
+        self._done(failure)
+        return response
+
+    def _client_left(self) -> None:
+        """A client may hang up once it has read a stream's last event, before the line's final bytes."""
+        watch = self.record.watch
+        if watch is not None and watch.ended:
+            self._done(None)
+        else:
+            self.record.finish(UNFINISHED, None, "the client left during the answer")
+
+    def _done(self, failure: tuple[str, str] | None) -> None:
+        upstream, record = self.upstream, self.record
+        if failure is not None:
+            record.finish(failure[0], False, failure[1])
+        else:
+            record.finish(_answer_outcome(upstream.status), True, None)
+
+
+STREAM_END_TYPES = ("message_stop", "response.completed", "response.incomplete", "response.failed")
+STREAM_ENDS = (b"data: [DONE]", *(f'"{kind}"'.encode() for kind in STREAM_END_TYPES))
+
+
+class _StreamWatch:
+    """Reads a stream's events as they pass: the first one judged, the first text timed, the usage found.
+
+    Events are parsed until the first text; after that only an event that
+    mentions usage is, so a long stream costs a byte search per chunk.
+    """
+
+    def __init__(self, stamps: _Stamps):
+        self.stamps = stamps
+        self.events = EventStream()
+        self.verdict: bool | str | None = None  # True: an answer; str: the error it opened with
+        self.first_text: float | None = None
+        self.last_data: float | None = None
+        self.tokens: int | None = None
+        self.ended = False  # the API's last event went by: [DONE], message_stop, response.completed...
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        now = time.perf_counter()
+        if self.first_text is None:
+            for event in self.events.feed(chunk):
+                self._read(event, now)
+            if self.first_text is not None:
+                self._tail = b""  # the parser keeps the rest of the event; usage is never in a text event
+            return
+        self.last_data = now
+        data = self._tail + chunk
+        cut = max((found + len(end) for end in (b"\n\n", b"\r\n\r\n", b"\r\r") if (found := data.rfind(end)) >= 0), default=0)
+        if b'"usage"' in data[:cut]:
+            for event in EventStream().feed(data[:cut]):
+                self._usage(event)
+        if any(end in data for end in STREAM_ENDS):
+            self.ended = True
+        self._tail = data[cut:][-HELD_CAP:]
+
+    def _read(self, event: Event, now: float) -> None:
+        data = _json_object(event.data)
+        if self.verdict is None and event.name != "ping" and event.data.strip():
+            self.verdict = _event_error(event, data) or True
+        if event.data.strip() == "[DONE]" or (data is not None and data.get("type") in STREAM_END_TYPES):
+            self.ended = True
+        if data is None:
+            return
+        self._usage(event, data)
+        if _has_text(data):
+            self.first_text = self.last_data = now
+
+    def _usage(self, event: Event, data: dict[str, Any] | None = None) -> None:
+        data = data if data is not None else _json_object(event.data)
+        if data is None:
+            return
+        for holder in (data, data.get("response"), data.get("message")):
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                for key in ("completion_tokens", "output_tokens"):
+                    if isinstance(usage.get(key), int):
+                        self.tokens = usage[key]
+
+    def rate(self) -> float | None:
+        """Tokens after the first over the time they took, as the chat probe counts."""
+        if not self.tokens or self.tokens < 2 or self.first_text is None or self.last_data is None:
+            return None
+        span = self.last_data - self.first_text
+        return round((self.tokens - 1) / span, 2) if span > 0 else None
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, plus a deadline for a new connection's first request head.
+
+    aiohttp closes a connection idle between requests after keepalive_timeout,
+    but a head sent a byte at a time would hold its socket that long too.
+    """
+
+    def __init__(self, handler: Callable[..., Any], header_timeout: float, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self._header_timeout = header_timeout
+        self._waiting: dict[Any, asyncio.TimerHandle] = {}
+
+    def connection_made(self, handler: Any, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self._waiting[handler] = asyncio.get_running_loop().call_later(self._header_timeout, self._too_slow, handler)
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        timer = self._waiting.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(handler, exc)
+
+    def head_arrived(self, handler: Any) -> None:
+        timer = self._waiting.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _too_slow(self, handler: Any) -> None:
+        if self._waiting.pop(handler, None) is not None:
+            handler.force_close()
+
+
+
+def _trace_config() -> "aiohttp.TraceConfig":
+    """Stamp when the request's head and body were written, and whether the connection was a kept-alive one."""
+    import aiohttp
+
+    async def headers_sent(session: Any, ctx: Any, params: Any) -> None:
+        ctx.trace_request_ctx.sent = time.perf_counter()
+
+    async def chunk_sent(session: Any, ctx: Any, params: Any) -> None:
+        ctx.trace_request_ctx.body_sent = time.perf_counter()
+
+    async def reused(session: Any, ctx: Any, params: Any) -> None:
+        ctx.trace_request_ctx.reused = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(headers_sent)
+    trace.on_request_chunk_sent.append(chunk_sent)
+    trace.on_connection_reuseconn.append(reused)
+    return trace
+
+
+def _forward_headers(headers: Any, body: _Body) -> Any:
+    """The client's headers minus the hop-by-hop ones (and those its Connection header names); Host comes from the line."""
+    from multidict import CIMultiDict
+
+    named = {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
+    forwarded = CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in HOP_BY_HOP and name.lower() not in named)
+    if body.stream is not None and body.length is not None:
+        forwarded["Content-Length"] = str(body.length)
+    return forwarded
+
+
+def _answer_headers(headers: Any, line: str) -> Any:
+    from multidict import CIMultiDict
+
+    named = {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
+    answer = CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in HOP_BY_HOP and name.lower() not in named)
+    answer[LINE_HEADER] = line
+    return answer
+
+
+def _answer_outcome(status: int) -> str:
+    """A passed-on answer in the probes' words: the line delivered it, whatever the API said."""
+    if status in (401, 403):
+        return AUTH
+    if status == 429:
+        return RATE_LIMITED
+    if status >= 500:
+        return HTTP_5XX
+    if status >= 400:
+        return HTTP_4XX
+    return OK
+
+
+def _event_error(event: Event, data: dict[str, Any] | None) -> str | None:
+    """The message of an event that reports an error: Anthropic's and Responses' `error`,
+    Responses' `response.failed`, or an OpenAI chunk carrying `error`; None for any other event."""
+    data = data or {}
+    if event.name != "error" and data.get("type") not in ("error", "response.failed") and not data.get("error"):
+        return None
+    error: Any = data.get("error") or event.data
+    if not data.get("error") and isinstance(data.get("response"), dict):
+        error = data["response"].get("error") or error
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("type") or error.get("code")
+    return " ".join(str(error).split())[:200] or "an error event"
+
+
+def _has_text(data: dict[str, Any]) -> bool:
+    """Whether an event carries answer text (or reasoning, or tool-call arguments): what a user waits for."""
+    kind = data.get("type")
+    if kind == "content_block_delta" or (isinstance(kind, str) and kind.startswith("response.") and kind.endswith(".delta")):
+        return True
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")):
+            return True
+    return False
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _break_off(request: web.BaseRequest) -> None:
+    """Close the client's connection without the end of the answer (no last chunk), so its SDK raises."""
+    protocol = request.protocol
+    if protocol is not None:
+        protocol.force_close()
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    """The gateway's own answer, shaped so both OpenAI's and Anthropic's SDKs show the message."""
+    body = {"type": "error", "error": {"type": "linepicker_gateway_error", "code": code, "message": f"linepicker gateway: {message}"}}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def _allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """Host headers a local client sends: the listen address and the loopback names, with the port."""
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host}
+    hosts = {f"{name.lower()}:{port}" for name in names}
+    if port == 80:
+        hosts |= {name.lower() for name in names}
+    return frozenset(hosts)
+
+
+def _remote_host_ok(host: str, listen: str, port: int) -> bool:
+    """With allow_remote on a wildcard address, any name of this machine with the port: the Origin check still applies."""
+    return listen in ("0.0.0.0", "::", "") and host.rpartition(":")[2] == str(port)
+
+
+def _loopback_origin(origin: str) -> bool:
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback(host)
+
+
+def _credentials(headers: Any) -> list[str]:
+    """The secrets a request carries, to scrub from any text a line sends back."""
+    secrets = []
+    for name in CREDENTIAL_HEADERS:
+        for value in headers.getall(name, ()):
+            secrets.append(value)
+            scheme, _, token = value.partition(" ")
+            if token:
+                secrets.append(token.strip())
+    return [secret for secret in secrets if len(secret) >= SECRET_PIECE]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """Cut every run of SECRET_PIECE or more characters of a credential out of `text`: a hostile line
+    may echo the key, or part of it, in a page title or an error message."""
+    text = text[:ERROR_TEXT_CAP]
+    if not secrets:
+        return text
+    hidden = [False] * len(text)
+    for secret in secrets:
+        pieces = {secret[i : i + SECRET_PIECE] for i in range(len(secret) - SECRET_PIECE + 1)}
+        for piece in pieces:
+            start = text.find(piece)
+            while start >= 0:
+                hidden[start : start + SECRET_PIECE] = [True] * SECRET_PIECE
+                start = text.find(piece, start + 1)
+    out: list[str] = []
+    for char, secret in zip(text, hidden):
+        if not secret:
+            out.append(char)
+        elif not out or out[-1] != "\0":
+            out.append("\0")
+    return "".join(out).replace("\0", "***")
+
+
+def _is_reset(exc: BaseException) -> bool:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE) or isinstance(exc, (ConnectionResetError, BrokenPipeError))
+
+
+def _timeout_text(stamps: _Stamps, settings: GatewaySettings) -> str:
+    if stamps.sent is None:
+        return f"no connection within gateway.connect_timeout ({settings.connect_timeout:g} s)"
+    return f"no answer within gateway.first_byte_timeout ({settings.first_byte_timeout:g} s)"
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 3)
