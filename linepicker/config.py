@@ -113,7 +113,6 @@ class Targets:
 
 
 DEFAULT_GATEWAY_PORT = 9138
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,7 @@ class GatewaySettings:
     answer unless first_byte_timeout is set, as a model may think for minutes.
     """
 
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_GATEWAY_PORT  # 0: any free port (tests); the daemon hands out the one it got
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_GATEWAY_PORT))  # port 0: any free one (tests)
     connect_timeout: float = 5.0  # resolve + connect + TLS to a line, then the next line is tried
     first_byte_timeout: float | None = None  # from the request sent to the answer's head; None: no limit
     max_attempts: int = 3  # lines tried per request
@@ -140,9 +138,7 @@ class GatewaySettings:
 
     @property
     def url(self) -> str:
-        """The base URL clients are given: a wildcard address is reached on loopback."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return self.listen.url
 
 
 @dataclass(frozen=True)
@@ -201,23 +197,42 @@ class Listen:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
+
+    @property
+    def url(self) -> str:
+        """The base URL a local client is given: a wildcard address is reached on loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
 
 def parse_listen(text: str) -> Listen:
     """HOST:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1."""
+    try:
+        return split_listen(text)
+    except ValueError:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}") from None
+
+
+def split_listen(text: str) -> Listen:
+    """parse_listen's reading, raising ValueError, for callers that word the error themselves."""
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
     if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:  # '²' is a digit to isdigit()
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
+        raise ValueError(f"expected HOST:PORT such as {DEFAULT_LISTEN}")
     return Listen(host, int(port))
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine reaches it: localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 
@@ -695,26 +710,30 @@ class _Validator:
         keys = self.mapping(node, "gateway", set(checks))
         settings = {key: checks[key](value, f"gateway.{key}") for key, value in keys.items() if key != "listen"}
         if "listen" in keys:
-            settings["host"], settings["port"] = self.listen(keys["listen"], settings.get("allow_remote", False))
+            settings["listen"] = self.listen(keys["listen"], settings.get("allow_remote", False))
         if settings.get("max_replay_bytes", GatewaySettings.max_replay_bytes) > settings.get("max_body_bytes", GatewaySettings.max_body_bytes):
             raise self.fail(keys.get("max_replay_bytes") or node, "gateway.max_replay_bytes is larger than gateway.max_body_bytes, which refuses such bodies")
         return GatewaySettings(**settings)
 
-    def listen(self, node: yaml.Node, allow_remote: bool) -> tuple[str, int]:
+    def listen(self, node: yaml.Node, allow_remote: bool) -> Listen:
         raw = self.scalar(node, "gateway.listen")
+        example = f"127.0.0.1:{DEFAULT_GATEWAY_PORT}"
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            raise self.fail(node, f"gateway.listen must be HOST:PORT such as 127.0.0.1:{DEFAULT_GATEWAY_PORT}, got {raw!r}")
+            raise self.fail(node, f"gateway.listen must be HOST:PORT such as {example}, got {raw!r}")
+        text = str(raw).strip()
+        if text.count(":") > 1 and not text.startswith("["):
+            raise self.fail(node, f"gateway.listen {raw!r}: write an IPv6 address in brackets, such as [::1]:{DEFAULT_GATEWAY_PORT}")
         try:
-            host, port = split_listen(str(raw))
-        except ValueError as exc:
-            raise self.fail(node, f"gateway.listen {raw!r}: {exc}") from None
-        if not allow_remote and not is_loopback(host):
+            listen = split_listen(text)
+        except ValueError:
+            raise self.fail(node, f"gateway.listen {raw!r}: expected HOST:PORT such as {example}") from None
+        if not allow_remote and not listen.loopback:
             raise self.fail(
                 node, f"gateway.listen {raw!r} is not a loopback address: anyone reaching it could use the gateway; set gateway.allow_remote: true if that is meant"
             )
-        if allow_remote and not is_loopback(host):
+        if allow_remote and not listen.loopback:
             self.warn(node, f"gateway.allow_remote is true: the gateway on {raw} forwards requests from other machines")
-        return host, port
+        return listen
 
     def size(self, node: yaml.Node, what: str, low: int, high: int) -> int:
         return self.number(node, what, parse_size, lambda v: low <= v <= high, f"a size from {low} to {high} bytes (such as '64 KiB' or '32 MiB')")
@@ -759,31 +778,6 @@ def parse_size(value: object) -> int:
         raise ValueError(f"expected a size such as 65536, '64 KiB' or '32 MiB', got {value!r}")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-def split_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT, [IPv6]:PORT or a bare PORT (on 127.0.0.1); raises ValueError."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text.strip()
-    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise ValueError("write an IPv6 address in brackets, such as [::1]:9138")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:{DEFAULT_GATEWAY_PORT}")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine reaches it: localhost or a loopback address (127.0.0.0/8, ::1)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _real(value: Any) -> float:

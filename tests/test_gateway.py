@@ -19,8 +19,8 @@ import httpx2
 import openai
 import pytest
 
-from linepicker.config import GatewaySettings, Line
-from linepicker.gateway import Attempt, Breakers, Gateway
+from linepicker.config import GatewaySettings, Line, Listen
+from linepicker.daemon.gateway import Attempt, Breakers, Gateway
 from servers import (
     ApiRelay,
     ServerThread,
@@ -71,7 +71,7 @@ def gateway(server: ServerThread) -> Iterator[Callable[..., Running]]:
     def start(lines: dict[str, str], **settings: Any) -> Running:
         attempts: list[Attempt] = []
         order = [Line(name, url) for name, url in lines.items()]
-        gw = Gateway(GatewaySettings(port=0, **settings), lambda: order, attempts.append)
+        gw = Gateway(GatewaySettings(listen=Listen("127.0.0.1", 0), **settings), lambda: order, attempts.append)
         url = server.run(gw.start())
         started.append(gw)
         return Running(gw, url, attempts, order)

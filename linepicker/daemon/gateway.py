@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .chat import Event, EventStream
-from .config import GatewaySettings, Line, is_loopback
-from .probe import (
+from ..config import GatewaySettings, Line, Listen, is_loopback
+from ..probe.chat import Event, EventStream, error_text, token_rate
+from ..probe.outcomes import (
+    AUTH,
     HTTP_4XX,
     HTTP_5XX,
-    AUTH,
     MODEL_ERROR,
     OK,
     PROTOCOL,
@@ -44,9 +44,8 @@ from .probe import (
     UNFINISHED,
     classify_exception,
     classify_response,
-    make_ssl_context,
-    proxy_for,
 )
+from ..probe.timing import make_ssl_context, proxy_for
 
 if TYPE_CHECKING:
     import aiohttp
@@ -226,7 +225,7 @@ class _Stamps:
 
 
 class Gateway:
-    """Serve `settings.listen`, forwarding every request to the lines that `lines()` gives, in that order."""
+    """Serve on `settings.listen`, forwarding every request to the lines that `lines()` gives, in that order."""
 
     def __init__(
         self,
@@ -275,16 +274,16 @@ class Gateway:
         runner = web.ServerRunner(server, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
+            await web.TCPSite(runner, settings.listen.host, settings.listen.port, backlog=1024).start()
         except OSError:
             await runner.cleanup()
             await self._session.close()
             raise
         self._runner = runner
         port = runner.addresses[0][1]
-        self._hosts = _allowed_hosts(settings.host, port)
+        self._hosts = _allowed_hosts(settings.listen.host, port)
         self._port = port
-        self.url = GatewaySettings(host=settings.host, port=port).url
+        self.url = Listen(settings.listen.host, port).url
         return self.url
 
     async def close(self) -> None:
@@ -330,7 +329,7 @@ class Gateway:
     def _refusal(self, request: web.BaseRequest) -> str | None:
         """A web page must not reach the gateway (it would spend the user's key), nor a name it does not serve."""
         host = request.headers.get("Host", "").lower()
-        if host not in self._hosts and not (self.settings.allow_remote and _remote_host_ok(host, self.settings.host, self._port)):
+        if host not in self._hosts and not (self.settings.allow_remote and _remote_host_ok(host, self.settings.listen.host, self._port)):
             return f"the gateway answers only to {', '.join(sorted(self._hosts))}, not Host {host[:100]!r}"
         origin = request.headers.get("Origin")
         if origin is not None and not _loopback_origin(origin):
@@ -701,11 +700,8 @@ class _StreamWatch:
                         self.tokens = usage[key]
 
     def rate(self) -> float | None:
-        """Tokens after the first over the time they took, as the chat probe counts."""
-        if not self.tokens or self.tokens < 2 or self.first_text is None or self.last_data is None:
-            return None
-        span = self.last_data - self.first_text
-        return round((self.tokens - 1) / span, 2) if span > 0 else None
+        """Tokens after the first over the time they took, as the chat probe counts them."""
+        return token_rate(self.tokens, self.first_text, self.last_data)
 
 
 class _Server(web.Server):
@@ -800,12 +796,10 @@ def _event_error(event: Event, data: dict[str, Any] | None) -> str | None:
     data = data or {}
     if event.name != "error" and data.get("type") not in ("error", "response.failed") and not data.get("error"):
         return None
-    error: Any = data.get("error") or event.data
-    if not data.get("error") and isinstance(data.get("response"), dict):
-        error = data["response"].get("error") or error
-    if isinstance(error, dict):
-        error = error.get("message") or error.get("type") or error.get("code")
-    return " ".join(str(error).split())[:200] or "an error event"
+    response = data.get("response")
+    if not data.get("error") and isinstance(response, dict) and response.get("error"):
+        data = response  # response.failed carries its error in the response
+    return error_text(data) or data.get("message") or " ".join(event.data.split())[:200] or "an error event"
 
 
 def _has_text(data: dict[str, Any]) -> bool:
