@@ -20,7 +20,8 @@ import openai
 import pytest
 
 from linepicker.config import GatewaySettings, Line, Listen
-from linepicker.daemon.gateway import Attempt, Breakers, Gateway
+from linepicker.daemon.gateway import Breakers, Gateway
+from linepicker.traffic import Attempt
 from servers import (
     ApiRelay,
     ServerThread,

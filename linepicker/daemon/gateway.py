@@ -46,6 +46,7 @@ from ..probe.outcomes import (
     classify_response,
 )
 from ..probe.timing import make_ssl_context, proxy_for
+from ..traffic import Attempt
 
 if TYPE_CHECKING:
     import aiohttp
@@ -68,37 +69,6 @@ HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 )
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization")
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One try of one request on one line: the evidence a gateway gives about that line.
-
-    Never a body, a header value or a query string; `error` has every credential
-    of the request scrubbed out.
-    """
-
-    line: str
-    seq: int  # 1 for the first line tried for the request, 2 for the next...
-    started_at: float  # unix time
-    method: str
-    path: str  # without the query, which may carry a key
-    outcome: str  # the probes' vocabulary (ok, refused, not_api, model_error...), unfinished if the client left
-    success: bool | None  # the line delivered the API's answer (any status); None: the client left first
-    failover: bool = False  # this attempt failed and the request went on to another line
-    previous: str | None = None  # the line tried just before, for failovers
-    status: int | None = None
-    error: str | None = None
-    stream: bool = False  # the answer was an event stream
-    request_bytes: int = 0
-    upload_ms: float | None = None  # the request's head sent -> its body sent
-    ttfb_ms: float | None = None  # request sent -> the answer's head
-    ttft_ms: float | None = None  # request sent -> the first text of a stream
-    total_ms: float | None = None
-    tokens: int | None = None  # output tokens, when the stream carries the API's usage
-    tokens_per_s: float | None = None
-    reused: bool = False  # on a kept-alive connection
-    tripped: bool = False  # this failure opened the line's circuit breaker
 
 
 class Breakers:
