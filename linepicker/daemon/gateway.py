@@ -182,6 +182,13 @@ class BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Route:
+    origin: Any  # yarl.URL
+    ssl: Any  # ssl.SSLContext
+    proxy: str | None
+
+
 @dataclass
 class _Stamps:
     """perf_counter moments of one attempt, written by the trace hooks and the forwarding loop."""
@@ -215,12 +222,15 @@ class Gateway:
         self._port = 0
         self._ssl = {verify: make_ssl_context(verify) for verify in (True, False)}
         self._proxies = urllib.request.getproxies_environment()  # read once: it walks all of os.environ
+        self._routes: dict[Line, _Route] = {}
+        self._timeout: aiohttp.ClientTimeout | None = None
 
     async def start(self) -> str:
         """Bind and serve; returns the base URL clients are given. A port in use is a one-line OSError."""
         import aiohttp
 
         settings = self.settings
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S, ttl_dns_cache=10),
             trace_configs=[_trace_config()],
@@ -383,26 +393,25 @@ class Gateway:
         import aiohttp
         from yarl import URL
 
-        assert self._session is not None
-        settings = self.settings
+        assert self._session is not None and self._timeout is not None
+        route = self._route(line)
         target = URL(line.url + request.raw_path, encoded=True)
-        if target.origin() != URL(line.url).origin():
+        if target.origin() != route.origin:
             raise aiohttp.InvalidURL(line.url)  # defence in depth: only configured lines are ever reached
         headers = _forward_headers(request.headers, body)
-        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
         for retry in range(STALE_RETRIES + 1):
             stamps = record.stamps = _Stamps(time.perf_counter())
             try:
-                async with asyncio.timeout(settings.first_byte_timeout):
+                async with asyncio.timeout(self.settings.first_byte_timeout):
                     response = await self._session.request(
                         request.method,
                         target,
                         headers=headers,
                         data=body.data if body.replayable else body.stream,
                         allow_redirects=False,
-                        ssl=self._ssl[not line.insecure],
-                        proxy=proxy_for(line, line.url, self._proxies),
-                        timeout=timeout,
+                        ssl=route.ssl,
+                        proxy=route.proxy,
+                        timeout=self._timeout,
                         trace_request_ctx=stamps,
                     )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -412,6 +421,15 @@ class Gateway:
             stamps.head = time.perf_counter()
             return response
         raise AssertionError("unreachable: the last retry raises")
+
+    def _route(self, line: Line) -> _Route:
+        """How to reach a line, worked out once: its origin, TLS context and proxy."""
+        route = self._routes.get(line)
+        if route is None:
+            from yarl import URL
+
+            route = self._routes[line] = _Route(URL(line.url).origin(), self._ssl[not line.insecure], proxy_for(line, line.url, self._proxies))
+        return route
 
     def emit(self, attempt: Attempt) -> None:
         if self.on_attempt is None:
@@ -608,14 +626,18 @@ class _Forward:
 
 
 STREAM_END_TYPES = ("message_stop", "response.completed", "response.incomplete", "response.failed")
-STREAM_ENDS = (b"data: [DONE]", *(f'"{kind}"'.encode() for kind in STREAM_END_TYPES))
+# What makes an event worth parsing once the first text went by: usage (not OpenAI's "usage": null on
+# every chunk), or the stream's last event. Plain byte searches: a regex alternation is 3x slower.
+MARKS = (b'"usage":{', b'"usage": {', b"[DONE]", *(f'"{kind}"'.encode() for kind in STREAM_END_TYPES))
+MARK_SPAN = 24  # longer than any mark, so one split across two chunks is still seen
 
 
 class _StreamWatch:
     """Reads a stream's events as they pass: the first one judged, the first text timed, the usage found.
 
-    Events are parsed until the first text; after that only an event that
-    mentions usage is, so a long stream costs a byte search per chunk.
+    Events are parsed until the first text; after that only events that
+    mention usage or end the stream are, so a long stream costs one regex
+    search per chunk (docs/benchmarks.md, gateway).
     """
 
     def __init__(self, stamps: _Stamps):
@@ -637,14 +659,13 @@ class _StreamWatch:
                 self._tail = b""  # the parser keeps the rest of the event; usage is never in a text event
             return
         self.last_data = now
-        data = self._tail + chunk
-        cut = max((found + len(end) for end in (b"\n\n", b"\r\n\r\n", b"\r\r") if (found := data.rfind(end)) >= 0), default=0)
-        if b'"usage"' in data[:cut]:
-            for event in EventStream().feed(data[:cut]):
-                self._usage(event)
-        if any(end in data for end in STREAM_ENDS):
-            self.ended = True
-        self._tail = data[cut:][-HELD_CAP:]
+        tail = self._tail
+        seam = tail[-MARK_SPAN:] + chunk[:MARK_SPAN] if tail else b""
+        if any(mark in chunk or mark in seam for mark in MARKS):
+            for event in EventStream().feed(tail + chunk):  # the whole events only; the rest stays in the tail
+                self._read(event, now)
+        end = _events_end(chunk)
+        self._tail = chunk[end:] if end >= 0 else (tail + chunk)[-HELD_CAP:]
 
     def _read(self, event: Event, now: float) -> None:
         data = _json_object(event.data)
@@ -672,6 +693,12 @@ class _StreamWatch:
     def rate(self) -> float | None:
         """Tokens after the first over the time they took, as the chat probe counts them."""
         return token_rate(self.tokens, self.first_text, self.last_data)
+
+
+def _events_end(data: bytes) -> int:
+    """Where the last whole event in `data` ends (after its blank line, LF or CRLF), or -1."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 3 if crlf >= 0 else -1)
 
 
 class _Server(web.Server):
