@@ -8,8 +8,10 @@ reference measured in the same run, interleaved in blocks:
 
 1. added latency of a small non-streaming request: p50 ≤ 1 ms, p99 ≤ 5 ms
    (gateway's quantile minus direct's, 3,000 requests each, one at a time);
-2. SSE throughput through the gateway ≥ 80% of direct (events/s read by the
-   client, the line writing each event on its own as relays do);
+2. SSE throughput through the gateway ≥ 80% of direct (events/s read by a
+   client that only counts them, so the relay's own cost is laid bare; the
+   line writes each event on its own, as relays do), and beside it the same
+   with a client that decodes every event, as the SDKs do;
 3. 200 concurrent streams through the gateway: no error, every event there,
    and the daemon's RSS (its peak, VmHWM) ≤ 150 MiB;
 4. a failover when the chosen line refuses adds ≤ 20 ms: a gateway whose
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -221,7 +224,9 @@ async def stream(session: object, base: str, events: int, gap_ms: float = 0, par
     return seen - 1  # [DONE]
 
 
-async def throughput(session: object, bases: dict[str, str], events: int, rounds: int, parse: bool) -> dict[str, list[float]]:
+async def throughput(session: object, bases: dict[str, str], events: int, rounds: int, parse: bool) -> dict[str, float]:
+    """Median events/s of each path, and the median of the gateway/direct ratios of back-to-back pairs:
+    on a shared machine a burst of other work lands on one stream of a pair, not on one path for a whole run."""
     rates: dict[str, list[float]] = {name: [] for name in bases}
     for _ in range(rounds):
         for name, base in bases.items():
@@ -229,7 +234,28 @@ async def throughput(session: object, bases: dict[str, str], events: int, rounds
             got = await stream(session, base, events, parse=parse)
             assert got == events, (name, got)
             rates[name].append(events / (time.perf_counter() - started))
-    return rates
+    ratios = [through / direct for direct, through in zip(rates["direct"], rates["gateway"])]
+    return {"direct": quantile(rates["direct"], 0.5), "gateway": quantile(rates["gateway"], 0.5), "ratio": quantile(ratios, 0.5)}
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one by default)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_event(session: object, line: str, daemon: "DaemonProcess", events: int) -> dict[str, float]:
+    """CPU per event of a bare aiohttp reader (this process, direct) and of the daemon passing a stream on."""
+    before = cpu_seconds()
+    await stream(session, line, events)
+    reader = cpu_seconds() - before
+    before = cpu_seconds(daemon.proc.pid)
+    await stream(session, daemon.url, events)
+    relay = cpu_seconds(daemon.proc.pid) - before
+    return {"bare_reader": reader / events * 1e6, "gateway": relay / events * 1e6}
 
 
 async def concurrent(base: str, streams: int, events: int, gap_ms: float) -> tuple[int, int, float]:
@@ -254,8 +280,8 @@ async def measure(line: str, daemon: DaemonProcess, gateways: Child, quick: bool
         found = await latencies(session, bases, 400 if quick else 3000)
         data["latency_ms"] = {name: {"p50": quantile(v, 0.5), "p99": quantile(v, 0.99), "n": len(v)} for name, v in found.items()}
         for mode, parse in (("sse_events_per_s", True), ("sse_raw_events_per_s", False)):
-            rates = await throughput(session, bases, 2000 if quick else 20_000, 2 if quick else 5, parse)
-            data[mode] = {name: quantile(v, 0.5) for name, v in rates.items()}
+            data[mode] = await throughput(session, bases, 1000 if quick else 5000, 2 if quick else 20, parse)
+        data["cpu_us_per_event"] = await cpu_per_event(session, line, daemon, 2000 if quick else 40_000)
         failing, plain = gateways.urls
         failover = await latencies(session, {"refused first": failing, "line alone": plain}, 200 if quick else 1000)
         data["failover_ms"] = {name: {"p50": quantile(v, 0.5), "p99": quantile(v, 0.99)} for name, v in failover.items()}
@@ -301,13 +327,16 @@ def report(result: Result, data: dict) -> None:
                  f"direct {lat['direct']['p50']:.3f} ms", added50 <= 1.0)
     result.check("added latency, small non-streaming request: p99 ≤ 5 ms", f"+{added99:.3f} ms (gateway {lat['gateway']['p99']:.3f} ms)",
                  f"direct {lat['direct']['p99']:.3f} ms", added99 <= 5.0)
-    sse = data["sse_events_per_s"]
-    share = sse["gateway"] / sse["direct"]
-    result.check("SSE throughput ≥ 80% of direct (a client that decodes each event, as the SDKs do)",
-                 f"{sse['gateway']:,.0f} events/s = {share:.0%}", f"direct {sse['direct']:,.0f} events/s", share >= 0.8)
     raw = data["sse_raw_events_per_s"]
-    result.check("SSE throughput, a client that only counts the bytes (the relay's own cost laid bare)",
-                 f"{raw['gateway']:,.0f} events/s = {raw['gateway'] / raw['direct']:.0%}", f"direct {raw['direct']:,.0f} events/s", None)
+    result.check("SSE throughput ≥ 80% of direct (a client that only counts the events in the bytes)",
+                 f"{raw['gateway']:,.0f} events/s; {raw['ratio']:.0%} of direct (median of 20 back-to-back pairs)",
+                 f"direct {raw['direct']:,.0f} events/s", raw["ratio"] >= 0.8)
+    sse = data["sse_events_per_s"]
+    result.check("SSE throughput, a client that decodes each event as the SDKs do",
+                 f"{sse['gateway']:,.0f} events/s; {sse['ratio']:.0%} of direct", f"direct {sse['direct']:,.0f} events/s", None)
+    cpu = data["cpu_us_per_event"]
+    result.check("CPU per streamed event: the daemon reading and passing it on",
+                 f"{cpu['gateway']:.1f} µs", f"a bare aiohttp client reading it: {cpu['bare_reader']:.1f} µs", None)
     conc = data["concurrent"]
     complete, errors, took = conc["gateway"]
     peak_mib = conc["rss_peak_kib"] / 1024

@@ -99,7 +99,7 @@ def test_real_requests_are_evidence_a_failing_line_is_skipped_rechecked_and_left
             daemon.live.set_order("a")
         served = [await asyncio.to_thread(stream_text, daemon.gateway.url) for _ in range(4)]
         await until(lambda: daemon.live.order[0].name == "b", what="b to lead the gateway's order")
-        daemon.gateway.flush()
+        await until(lambda: len(_traffic_rows(db_path)) == 6, what="the six attempts to be recorded (in batches, within a second)")
         page, api_status, metrics = [await asyncio.to_thread(get, daemon.url + path) for path in ("", "api/status", "metrics")]
         return {"served": served, "page": page[2], "api": json.loads(api_status[2]), "metrics": metrics[2]}
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
@@ -471,6 +472,8 @@ class _Record:
         else:
             tripped = breakers.record(self.line.name, success)
         watch = self.watch
+        if watch is not None:
+            watch.settle()
         attempt = Attempt(
             line=self.line.name,
             seq=self.seq,
@@ -565,7 +568,7 @@ class _Forward:
 
     async def _first_event(self) -> tuple[str, str] | None:
         """Hold a stream back until its first event says whether it is an answer or an error."""
-        watch = self.record.watch = _StreamWatch(self.record.stamps)
+        watch = self.record.watch = _StreamWatch()
         size = 0
         while watch.verdict is None:
             chunk = await self.upstream.content.readany()
@@ -612,6 +615,8 @@ class _Forward:
     def _client_left(self) -> None:
         """A client may hang up once it has read a stream's last event, before the line's final bytes."""
         watch = self.record.watch
+        if watch is not None:
+            watch.settle()
         if watch is not None and watch.ended:
             self._done(None)
         else:
@@ -626,63 +631,67 @@ class _Forward:
 
 
 STREAM_END_TYPES = ("message_stop", "response.completed", "response.incomplete", "response.failed")
-# What makes an event worth parsing once the first text went by: usage (not OpenAI's "usage": null on
-# every chunk), or the stream's last event. Plain byte searches: a regex alternation is 3x slower.
-MARKS = (b'"usage":{', b'"usage": {', b"[DONE]", *(f'"{kind}"'.encode() for kind in STREAM_END_TYPES))
-MARK_SPAN = 24  # longer than any mark, so one split across two chunks is still seen
+RECENT_CAP = 64 * 1024  # of a stream's last bytes, kept to read its usage and its end from
 
 
 class _StreamWatch:
     """Reads a stream's events as they pass: the first one judged, the first text timed, the usage found.
 
-    Events are parsed until the first text; after that only events that
-    mention usage or end the stream are, so a long stream costs one regex
-    search per chunk (docs/benchmarks.md, gateway).
+    Events are parsed until the first text. After that a chunk costs only a
+    clock read and a place in a window of the stream's last RECENT_CAP bytes:
+    the usage and the end of a stream are in its last events, read once the
+    stream is over (docs/benchmarks.md, gateway). A last event larger than the
+    window (a Responses answer of some 60,000 characters) goes without tokens/s.
     """
 
-    def __init__(self, stamps: _Stamps):
-        self.stamps = stamps
+    def __init__(self) -> None:
         self.events = EventStream()
         self.verdict: bool | str | None = None  # True: an answer; str: the error it opened with
         self.first_text: float | None = None
         self.last_data: float | None = None
         self.tokens: int | None = None
         self.ended = False  # the API's last event went by: [DONE], message_stop, response.completed...
-        self._tail = b""
+        self._recent: deque[bytes] = deque()
+        self._recent_size = 0
+        self._settled = False
 
     def feed(self, chunk: bytes) -> None:
         now = time.perf_counter()
         if self.first_text is None:
             for event in self.events.feed(chunk):
-                self._read(event, now)
-            if self.first_text is not None:
-                self._tail = b""  # the parser keeps the rest of the event; usage is never in a text event
-            return
+                data = self._read(event)
+                if self.first_text is None and data is not None and _has_text(data):
+                    self.first_text = now
+            if self.first_text is None:
+                return
         self.last_data = now
-        tail = self._tail
-        seam = tail[-MARK_SPAN:] + chunk[:MARK_SPAN] if tail else b""
-        if any(mark in chunk or mark in seam for mark in MARKS):
-            for event in EventStream().feed(tail + chunk):  # the whole events only; the rest stays in the tail
-                self._read(event, now)
-        end = _events_end(chunk)
-        self._tail = chunk[end:] if end >= 0 else (tail + chunk)[-HELD_CAP:]
+        recent = self._recent
+        recent.append(chunk)  # the chunk that held the first text too: its later events may be the last ones
+        self._recent_size += len(chunk)
+        while self._recent_size - len(recent[0]) >= RECENT_CAP:
+            self._recent_size -= len(recent.popleft())
 
-    def _read(self, event: Event, now: float) -> None:
+    def settle(self) -> None:
+        """Read the usage and the end from the stream's last events, once it is over (or the client left)."""
+        if self._settled:
+            return
+        self._settled = True
+        # The window may begin mid-event: what is left of a cut line has no field name the parser knows, so it is skipped.
+        for event in EventStream().feed(b"".join(self._recent)):
+            self._read(event)
+
+    def _read(self, event: Event) -> dict[str, Any] | None:
+        """Judge the first event, note the end and the usage; the event's JSON object, if it is one."""
         data = _json_object(event.data)
         if self.verdict is None and event.name != "ping" and event.data.strip():
             self.verdict = _event_error(event, data) or True
         if event.data.strip() == "[DONE]" or (data is not None and data.get("type") in STREAM_END_TYPES):
             self.ended = True
-        if data is None:
-            return
-        self._usage(event, data)
-        if _has_text(data):
-            self.first_text = self.last_data = now
+        if data is not None:
+            self._usage(data)
+        return data
 
-    def _usage(self, event: Event, data: dict[str, Any] | None = None) -> None:
-        data = data if data is not None else _json_object(event.data)
-        if data is None:
-            return
+    def _usage(self, data: dict[str, Any]) -> None:
         for holder in (data, data.get("response"), data.get("message")):
             usage = holder.get("usage") if isinstance(holder, dict) else None
             if isinstance(usage, dict):
@@ -693,12 +702,6 @@ class _StreamWatch:
     def rate(self) -> float | None:
         """Tokens after the first over the time they took, as the chat probe counts them."""
         return token_rate(self.tokens, self.first_text, self.last_data)
-
-
-def _events_end(data: bytes) -> int:
-    """Where the last whole event in `data` ends (after its blank line, LF or CRLF), or -1."""
-    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\n\r\n")
-    return max(lf + 2 if lf >= 0 else -1, crlf + 3 if crlf >= 0 else -1)
 
 
 class _Server(web.Server):
