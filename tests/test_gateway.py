@@ -28,7 +28,6 @@ from servers import (
     head,
     read_request,
     refused_url,
-    replies,
     send_garbage,
     start_api_relay,
     start_raw_server,

@@ -25,7 +25,7 @@ import logging
 import time
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -517,6 +517,7 @@ class _Forward:
         self.record = record
         self.last = last
         self.held: list[bytes] = []
+        self.failure: tuple[str, str] | None = None  # why a last attempt's answer, passed on all the same, is not the API's
         record.status = upstream.status
 
     async def run(self) -> web.StreamResponse | None:
@@ -525,13 +526,15 @@ class _Forward:
         except asyncio.CancelledError:
             self.record.finish(UNFINISHED, None, "the client left before the answer")
             raise
-        except Exception as exc:  # the line broke off before its answer could be judged
+        except Exception as exc:  # the line broke off before its answer could be judged: nothing of it is worth passing on
             outcome, error = classify_exception(exc, self.gateway.settings.connect_timeout)
-            failure = (outcome, error)
+            self.record.finish(outcome, False, error, failover=not self.last)
+            return None
         if failure is not None and not self.last:
             self.record.finish(failure[0], False, failure[1], failover=True)
             return None
-        return await self._pass_on(failure)
+        self.failure = failure
+        return await self._pass_on()
 
     async def _judge(self) -> tuple[str, str] | None:
         """Why this answer is not the API's (outcome, error), or None when it is to be passed on."""
@@ -581,35 +584,38 @@ class _Forward:
                 return None
         return None if watch.verdict is True else (MODEL_ERROR, f"the stream opened with an error: {watch.verdict}")
 
-    async def _pass_on(self, failure: tuple[str, str] | None) -> web.StreamResponse:
+    async def _pass_on(self) -> web.StreamResponse:
         """Send the held bytes and the rest as they come; a line that breaks off mid-way breaks the client's answer too."""
-        upstream, record, request = self.upstream, self.record, self.request
+        upstream, request, watch = self.upstream, self.request, self.record.watch
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_answer_headers(upstream.headers, self.line.name))
         length = upstream.headers.get("Content-Length")
         if length is not None and length.isdigit() and request.method != "HEAD":
             response.content_length = int(length)
-        watch = record.watch
         try:
             await response.prepare(request)
             for chunk in self.held:
                 await response.write(chunk)
-            while chunk := await upstream.content.readany():
+            while True:
+                try:
+                    chunk = await upstream.content.readany()
+                except Exception as exc:  # reading from the line: whatever fails here is the line's
+                    outcome, error = classify_exception(exc, self.gateway.settings.connect_timeout)
+                    self.record.finish(outcome, False, f"cut mid-answer: {error}")
+                    _break_off(request)  # the client must see a broken answer, never a clean end
+                    return response
+                if not chunk:
+                    break
                 if watch is not None:
                     watch.feed(chunk)
                 await response.write(chunk)
+            await response.write_eof()
         except asyncio.CancelledError:
             self._client_left()
             raise
-        except ConnectionError:  # the client's side: it went away
+        except ConnectionError:  # writing to the client: it went away
             self._client_left()
             return response
-        except Exception as exc:
-            outcome, error = classify_exception(exc, self.gateway.settings.connect_timeout)
-            record.finish(outcome, False, f"cut mid-answer: {error}")
-            _break_off(request)  # the client must see a broken answer, never a clean end
-            return response
-        await response.write_eof()
-        self._done(failure)
+        self._done()
         return response
 
     def _client_left(self) -> None:
@@ -618,16 +624,15 @@ class _Forward:
         if watch is not None:
             watch.settle()
         if watch is not None and watch.ended:
-            self._done(None)
+            self._done()
         else:
             self.record.finish(UNFINISHED, None, "the client left during the answer")
 
-    def _done(self, failure: tuple[str, str] | None) -> None:
-        upstream, record = self.upstream, self.record
-        if failure is not None:
-            record.finish(failure[0], False, failure[1])
+    def _done(self) -> None:
+        if self.failure is not None:
+            self.record.finish(self.failure[0], False, self.failure[1])
         else:
-            record.finish(_answer_outcome(upstream.status), True, None)
+            self.record.finish(_answer_outcome(self.upstream.status), True, None)
 
 
 STREAM_END_TYPES = ("message_stop", "response.completed", "response.incomplete", "response.failed")
