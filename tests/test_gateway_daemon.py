@@ -21,6 +21,7 @@ from linepicker.config import Listen
 from linepicker.gatewaylease import live_gateway
 from servers import ApiRelay, ServerThread, start_api_relay
 from test_daemon import FAST, chosen, get, make_daemon, serving, start_daemon_process, until
+from test_prometheus import promtool
 
 KEY = "sk-daemon-gw-SECRET-4f7a9c2e81"
 GATEWAY = {"listen": "127.0.0.1:0"}
@@ -113,6 +114,8 @@ def test_real_requests_are_evidence_a_failing_line_is_skipped_rechecked_and_left
     assert metric(metrics, "linepicker_gateway_failovers_total", from_line="a", to_line="b") == 2
     assert metric(metrics, "linepicker_gateway_ttfb_seconds_count", line="b") == 4
     assert metric(metrics, "linepicker_gateway_line_skipped", line="a") == 1
+    linted = promtool("check", "metrics", stdin=metrics)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
     traffic = {line["name"]: line["traffic"] for line in seen["api"]["lines"]}
     assert (traffic["a"]["failures"], traffic["a"]["failovers"], traffic["a"]["breaker"]) == (2, 2, "open")
     assert traffic["b"]["requests"] == 4 and traffic["b"]["ttft_p50_ms"] is not None

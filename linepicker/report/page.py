@@ -140,7 +140,7 @@ def _traffic(traffic: LineTraffic | None, now: float) -> str:
         parts.append(f"{summary.tokens_per_s:.0f} tokens/s")
     last = ""
     if summary.last_at is not None and summary.last_error:
-        last = f' · last {_ago(summary.last_at, now)}: <span class="error">{html.escape(summary.last_outcome or "")}: {html.escape(summary.last_error)}</span>'
+        last = f' · last {ago(summary.last_at, now)}: <span class="error">{html.escape(summary.last_outcome or "")}: {html.escape(summary.last_error)}</span>'
     return f'<p class="chat">gateway (medians): {" · ".join(parts)}{last}</p>\n'
 
 
