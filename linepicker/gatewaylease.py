@@ -23,14 +23,14 @@ def lease_path(db_path: str) -> str:
 def live_gateway(db_path: str) -> str | None:
     """The URL of the gateway a live daemon serves for this database, or None."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no flock, so no gateway hand-out; clients get the line itself
-        return None
-    try:
         fd = os.open(lease_path(db_path), os.O_RDONLY)
-    except OSError:
+    except OSError:  # no daemon ever served a gateway here: the usual case costs one failed open, not an import
         return None
     try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock, so no gateway hand-out; clients get the line itself
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

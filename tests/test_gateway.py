@@ -475,3 +475,16 @@ def test_the_gateway_block_turns_it_on_with_documented_defaults(tmp_path: Any) -
     assert (tuned.url, tuned.max_replay_bytes, tuned.connect_timeout, tuned.first_byte_timeout) == ("http://[::1]:8000", 512 * 1024, 2.0, 120.0)
     remote = parse_config(lines + "gateway: {listen: '0.0.0.0:9138', allow_remote: true}\n", tmp_path / "l.yaml")
     assert remote.gateway.url == "http://127.0.0.1:9138" and "allow_remote is true" in remote.warnings[0]
+
+
+def test_an_idle_client_connection_is_closed_after_idle_timeout(api: ApiRelay, gateway: Callable[..., Running]) -> None:
+    gw = gateway({"a": api.url("a")}, idle_timeout=0.5, header_timeout=5)
+    host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        while sock.recv(65536):  # the rest of the answer, then the close
+            pass
+        assert 0.3 < time.monotonic() - started < 3, "a kept-alive connection with no request is closed after idle_timeout"

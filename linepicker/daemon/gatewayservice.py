@@ -54,7 +54,11 @@ class GatewayService:
         except OSError as exc:
             raise ConfigError(f"gateway.listen {listen.host}:{listen.port}: cannot bind: {exc.strerror or exc}") from None
         self.live.breakers = self.gateway.breakers
-        self._lease = GatewayLease(str(self.store.path), self.url).__enter__()
+        try:
+            self._lease = GatewayLease(str(self.store.path), self.url).__enter__()
+        except OSError as exc:
+            await self.gateway.close()
+            raise ConfigError(f"{self.store.path}.gateway: cannot hold the gateway's lease: {exc.strerror or exc}") from None
         if choice is not None:
             hand_out(self.live.config, choice.name, self.url)
         log.info("gateway on %s: clients get OPENAI_BASE_URL=%s/v1 and ANTHROPIC_BASE_URL=%s", self.url, self.url, self.url)
