@@ -327,6 +327,11 @@ MAX_DURATION_S = {
     "policy.window": 30 * 86400.0,
     "retention.raw": MAX_SPAN_S,
     "retention.hourly": MAX_SPAN_S,
+    "gateway.connect_timeout": 600.0,
+    "gateway.first_byte_timeout": 86400.0,  # a model may think for minutes; an hour is not absurd
+    "gateway.header_timeout": 600.0,
+    "gateway.idle_timeout": 86400.0,
+    "gateway.breaker_cooldown": 86400.0,
 }
 
 

@@ -491,7 +491,7 @@ class Store:
         """Record the gateway's attempts, in one transaction however many: the daemon writes them in batches."""
         rows = [
             [line_ids[a.line], a.started_at, a.seq, a.method, a.path, a.outcome, None if a.success is None else int(a.success),
-             int(a.failover), a.status, a.error, int(a.stream), a.request_bytes, a.upload_ms, a.ttfb_ms, a.ttft_ms, a.total_ms,
+             int(a.failover), a.status, _masked(a.error), int(a.stream), a.request_bytes, a.upload_ms, a.ttfb_ms, a.ttft_ms, a.total_ms,
              a.tokens, a.tokens_per_s, int(a.reused)]
             for a in attempts
             if a.line in line_ids

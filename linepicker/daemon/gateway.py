@@ -48,6 +48,7 @@ from ..probe.outcomes import (
 )
 from ..probe.timing import make_ssl_context, proxy_for
 from ..traffic import Attempt
+from ..urlmask import mask_userinfo
 
 if TYPE_CHECKING:
     import aiohttp
@@ -881,8 +882,9 @@ def _credentials(headers: Any) -> list[str]:
 
 def _scrub(text: str, secrets: list[str]) -> str:
     """Cut every run of SECRET_PIECE or more characters of a credential out of `text`: a hostile line
-    may echo the key, or part of it, in a page title or an error message."""
-    text = text[:ERROR_TEXT_CAP]
+    may echo the key, or part of it, in a page title or an error message. A URL's password goes too
+    (an aiohttp error may name a line's proxy)."""
+    text = mask_userinfo(text)[:ERROR_TEXT_CAP]
     if not secrets:
         return text
     hidden = [False] * len(text)
