@@ -30,6 +30,7 @@ BENCHES = {
     "startup": "bench_startup",
     "store": "bench_store",
     "daemon": "bench_daemon",
+    "gateway": "gateway",
 }
 
 

@@ -121,7 +121,7 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
         total = len(config.active_lines) * config.probe.samples
         with terminal.progress(total, show_progress) as on_sample:
             result = asyncio.run(picker.run_round(config, store, "pick" if choose else "probe", choose_line=choose, on_sample=on_sample))
-    checks = _client_checks(config, result.chosen, result.target_results)  # none written when nothing was chosen
+    checks = _client_checks(config, result.chosen, result.target_results, db_path)  # none written when nothing was chosen
     if as_json:
         terminal.print_json(documents.round_json(result, config, with_samples=not choose, client_checks=checks))
     else:
@@ -130,13 +130,15 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
     return result
 
 
-def _client_checks(config: Any, chosen: Any, written: list[Any]) -> list[Any]:
+def _client_checks(config: Any, chosen: Any, written: list[Any], db_path: str | None) -> list[Any]:
     """What keeps a client off the target files just written: said at once, not left for `doctor`."""
     if chosen is None or not written:
         return []
     from .doctor import client_checks
+    from .gatewaylease import live_gateway
+    from .store import resolve_db_path
 
-    return client_checks(config, chosen, [target.path for target in written])
+    return client_checks(config, chosen, [target.path for target in written], live_gateway(str(resolve_db_path(db_path))))
 
 
 @cli.command()
@@ -226,15 +228,20 @@ def env(shell: str | None, config_path: str | None, db_path: str | None, as_json
 
     The shell is named rather than guessed: $SHELL is the login shell, and a
     bash started from fish would otherwise get fish syntax and export nothing.
+
+    While a daemon serves the gateway, they name the gateway instead, which
+    follows every later switch.
     """
     import json
 
     from .clientenv import client_env, detect_shell, shell_exports
+    from .gatewaylease import live_gateway
     from .lastchoice import outside_config
     from .store import read_choice, resolve_db_path
 
     config = _load_quietly(config_path) if config_path else None
-    choice = read_choice(resolve_db_path(db_path))
+    path = resolve_db_path(db_path)
+    choice = read_choice(path)
     if choice is None:
         click.echo(NO_CHOICE, err=True)
         sys.exit(ExitStatus.NO_ELIGIBLE)
@@ -243,10 +250,11 @@ def env(shell: str | None, config_path: str | None, db_path: str | None, as_json
         if outside := outside_config(str(config.source), choice.name, choice.url, line.url if line else None):
             click.echo(outside, err=True)
             sys.exit(ExitStatus.NO_ELIGIBLE)
+    gateway = live_gateway(str(path))
     if as_json:
-        click.echo(json.dumps({"name": choice.name, "url": choice.url, "env": client_env(choice.url)}, indent=2))
+        click.echo(json.dumps({"name": choice.name, "url": choice.url, "gateway": gateway, "env": client_env(gateway or choice.url)}, indent=2))
     else:
-        click.echo(shell_exports(choice.url, shell or detect_shell()), nl=False)
+        click.echo(shell_exports(gateway or choice.url, shell or detect_shell()), nl=False)
 
 
 @cli.command()
@@ -268,7 +276,7 @@ def pin(name: str, config_path: str | None, db_path: str | None, as_json: bool) 
     config = _load(config_path)
     with _open_store(db_path) as store:
         choice, results, errors = picker.pin(config, store, name)
-    checks = _client_checks(config, choice, results)
+    checks = _client_checks(config, choice, results, db_path)
     if as_json:
         terminal.print_json(
             {"pinned": name, "chosen": {"name": choice.name, "url": choice.url}, "target_errors": errors, "client_checks": [vars(c) for c in checks]}

@@ -112,6 +112,35 @@ class Targets:
         return bool(self.dotenv or self.claude_settings or self.codex or self.template)
 
 
+DEFAULT_GATEWAY_PORT = 9138
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The local gateway (`gateway:`): one endpoint that clients read once, forwarded to the best line.
+
+    Defaults favour a long completion over a quick give-up: no limit on an
+    answer unless first_byte_timeout is set, as a model may think for minutes.
+    """
+
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", DEFAULT_GATEWAY_PORT))  # port 0: any free one (tests)
+    connect_timeout: float = 5.0  # resolve + connect + TLS to a line, then the next line is tried
+    first_byte_timeout: float | None = None  # from the request sent to the answer's head; None: no limit
+    max_attempts: int = 3  # lines tried per request
+    max_replay_bytes: int = 32 * 2**20  # request bodies up to this are kept for a retry on the next line
+    max_body_bytes: int = 256 * 2**20  # larger requests are refused (413)
+    max_header_bytes: int = 16 * 1024  # per header line and for the request line; at most MAX_HEADERS of them
+    header_timeout: float = 10.0  # a new connection must send a whole request head within this
+    idle_timeout: float = 75.0  # a kept-alive client connection with no request is closed after this
+    allow_remote: bool = False  # listen on an address other machines reach
+    breaker_failures: int = 3  # consecutive failed attempts before a line is skipped
+    breaker_cooldown: float = 30.0  # how long it is skipped before one request may try it again
+
+    @property
+    def url(self) -> str:
+        return self.listen.url
+
+
 @dataclass(frozen=True)
 class Config:
     source: Path
@@ -124,6 +153,7 @@ class Config:
     targets: Targets = Targets()
     retention: RetentionSettings = RetentionSettings()
     on_switch: tuple[str, ...] = ()  # argv run when the choice changes; never through a shell
+    gateway: GatewaySettings | None = None  # None: no `gateway:` block, the daemon serves no gateway
     warnings: tuple[str, ...] = field(default=(), compare=False)
     notes: tuple[str, ...] = field(default=(), compare=False)  # normalised input: worth saying where the file is inspected, not on every run
 
@@ -167,23 +197,42 @@ class Listen:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
+
+    @property
+    def url(self) -> str:
+        """The base URL a local client is given: a wildcard address is reached on loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
 
 def parse_listen(text: str) -> Listen:
     """HOST:PORT, [IPv6]:PORT, or a bare PORT on 127.0.0.1."""
+    try:
+        return split_listen(text)
+    except ValueError:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}") from None
+
+
+def split_listen(text: str) -> Listen:
+    """parse_listen's reading, raising ValueError, for callers that word the error themselves."""
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
     if not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:  # '²' is a digit to isdigit()
-        raise ConfigError(f"--listen {text!r}: expected HOST:PORT such as {DEFAULT_LISTEN}")
+        raise ValueError(f"expected HOST:PORT such as {DEFAULT_LISTEN}")
     return Listen(host, int(port))
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine reaches it: localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 
@@ -278,6 +327,11 @@ MAX_DURATION_S = {
     "policy.window": 30 * 86400.0,
     "retention.raw": MAX_SPAN_S,
     "retention.hourly": MAX_SPAN_S,
+    "gateway.connect_timeout": 600.0,
+    "gateway.first_byte_timeout": 86400.0,  # a model may think for minutes; an hour is not absurd
+    "gateway.header_timeout": 600.0,
+    "gateway.idle_timeout": 86400.0,
+    "gateway.breaker_cooldown": 86400.0,
 }
 
 
@@ -404,7 +458,7 @@ class _Validator:
     def config(self, root: yaml.Node | None) -> Config:
         if root is None:
             raise ConfigError(f"{self.path}:1: the config is empty: it needs at least a 'lines:' list")
-        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch"})
+        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch", "gateway"})
         if "lines" not in top:
             raise self.fail(root, "missing 'lines:': list the relay's BaseURLs there")
         lines = self.lines(top["lines"])
@@ -430,6 +484,7 @@ class _Validator:
             targets=self.targets(top.get("targets"), key_env),
             retention=self.retention(top.get("retention")),
             on_switch=self.command(top["on_switch"]) if "on_switch" in top else (),
+            gateway=self.gateway(top["gateway"]) if "gateway" in top else None,
             warnings=tuple(self.warnings),
             notes=tuple(self.notes),
         )
@@ -639,6 +694,55 @@ class _Validator:
         keys = self.mapping(node, "retention", {"raw", "hourly"})
         return RetentionSettings(**{key: self.duration(value, f"retention.{key}") for key, value in keys.items()})
 
+    def gateway(self, node: yaml.Node) -> GatewaySettings:
+        """An empty `gateway:` turns the gateway on with every default."""
+        if isinstance(node, yaml.ScalarNode) and self.scalar(node, "gateway") is None:
+            return GatewaySettings()
+        checks: dict[str, Callable[[yaml.Node, str], Any]] = {
+            "listen": lambda node, what: node,  # judged below, once allow_remote is known
+            "connect_timeout": self.duration,
+            "first_byte_timeout": self.duration,
+            "max_attempts": lambda node, what: self.whole(node, what, 1, 10),
+            "max_replay_bytes": lambda node, what: self.size(node, what, 0, 2**32),
+            "max_body_bytes": lambda node, what: self.size(node, what, 2**10, 2**36),
+            "max_header_bytes": lambda node, what: self.size(node, what, 2**10, 2**20),
+            "header_timeout": self.duration,
+            "idle_timeout": self.duration,
+            "allow_remote": self.flag,
+            "breaker_failures": lambda node, what: self.whole(node, what, 1, 1000),
+            "breaker_cooldown": self.duration,
+        }
+        keys = self.mapping(node, "gateway", set(checks))
+        settings = {key: checks[key](value, f"gateway.{key}") for key, value in keys.items() if key != "listen"}
+        if "listen" in keys:
+            settings["listen"] = self.listen(keys["listen"], settings.get("allow_remote", False))
+        if settings.get("max_replay_bytes", GatewaySettings.max_replay_bytes) > settings.get("max_body_bytes", GatewaySettings.max_body_bytes):
+            raise self.fail(keys.get("max_replay_bytes") or node, "gateway.max_replay_bytes is larger than gateway.max_body_bytes, which refuses such bodies")
+        return GatewaySettings(**settings)
+
+    def listen(self, node: yaml.Node, allow_remote: bool) -> Listen:
+        raw = self.scalar(node, "gateway.listen")
+        example = f"127.0.0.1:{DEFAULT_GATEWAY_PORT}"
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise self.fail(node, f"gateway.listen must be HOST:PORT such as {example}, got {raw!r}")
+        text = str(raw).strip()
+        if text.count(":") > 1 and not text.startswith("["):
+            raise self.fail(node, f"gateway.listen {raw!r}: write an IPv6 address in brackets, such as [::1]:{DEFAULT_GATEWAY_PORT}")
+        try:
+            listen = split_listen(text)
+        except ValueError:
+            raise self.fail(node, f"gateway.listen {raw!r}: expected HOST:PORT such as {example}") from None
+        if not allow_remote and not listen.loopback:
+            raise self.fail(
+                node, f"gateway.listen {raw!r} is not a loopback address: anyone reaching it could use the gateway; set gateway.allow_remote: true if that is meant"
+            )
+        if allow_remote and not listen.loopback:
+            self.warn(node, f"gateway.allow_remote is true: the gateway on {raw} forwards requests from other machines")
+        return listen
+
+    def size(self, node: yaml.Node, what: str, low: int, high: int) -> int:
+        return self.number(node, what, parse_size, lambda v: low <= v <= high, f"a size from {low} to {high} bytes (such as '64 KiB' or '32 MiB')")
+
     def command(self, node: yaml.Node) -> tuple[str, ...]:
         """A string is split like a shell would, but it is never run through one."""
         if isinstance(node, yaml.SequenceNode):
@@ -662,6 +766,23 @@ class _Validator:
         """Relative target paths follow the config file, so a daemon started elsewhere writes the same files."""
         path = Path(os.path.expanduser(raw))
         return path if path.is_absolute() else self.path.parent.resolve() / path
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 2**10, "mb": 1000**2, "mib": 2**20, "gb": 1000**3, "gib": 2**30, None: 1}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a whole number or a string such as '512 KiB', '32MiB' or '1 GB'."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"expected a size such as 65536, '64 KiB' or '32 MiB', got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 65536, '64 KiB' or '32 MiB', got {value!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
 def _real(value: Any) -> float:

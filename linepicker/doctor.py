@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from . import jsonedit
 from .config import CODEX_BUILTIN_PROVIDERS, Config, Line
 from .clientenv import RC_LINES, SHELLS, SYNTAX, client_env, detect_shell
+from .gatewaylease import live_gateway
 from .probe.outcomes import AUTH
 from .probe.timing import proxy_for
 from .store import Decision, Store
@@ -55,11 +56,12 @@ def diagnose(config: Config, store: Store) -> Diagnosis:
     checked: list[str] = []
     if choice is None:
         findings.append(Finding(ERROR, "no line has been chosen yet, so there is nothing for clients to use", str(store.path), "run: linepicker pick"))
-    expected = client_env(choice.url) if choice else None
+    handed = (live_gateway(str(store.path)) or choice.url) if choice else None  # what `env` and the targets give out now
+    expected = client_env(handed) if handed else None
     if expected:
         findings += _environment(environ, expected)
     findings += _rc_files(home, environ, expected, checked)
-    findings += _claude_settings(config, home, cwd, environ, choice, checked)
+    findings += _claude_settings(config, home, cwd, environ, handed, checked)
     findings += _codex(config, environ, checked)
     if choice:
         findings += _key(config, store, choice)
@@ -74,18 +76,19 @@ def _masked(finding: Finding) -> Finding:
     return Finding(finding.severity, mask_userinfo(finding.what), mask_userinfo(finding.where), mask_userinfo(finding.fix))
 
 
-def client_checks(config: Config, choice: Decision, written: list[Path]) -> list[Finding]:
+def client_checks(config: Config, choice: Decision, written: list[Path], handed: str | None = None) -> list[Finding]:
     """After `written` target files were brought up to date: what still keeps Claude Code or Codex off them.
 
     Only the clients linepicker just wrote for are judged, in this process's environment,
     HOME and directory. A target that could not be written is already an error of its own.
+    `handed`: the URL written, when it is a live gateway's rather than the chosen line's.
     """
     environ, home, cwd = os.environ, Path.home(), Path.cwd()
     done = {path.resolve() for path in written}
     codex = tuple(target for target in config.targets.codex if target.path.resolve() in done)
     findings = _codex(replace(config, targets=replace(config.targets, codex=codex)), environ, [])
     if any(path.resolve() in done for path in config.targets.claude_settings):
-        findings += _claude_settings(config, home, cwd, environ, choice, [])
+        findings += _claude_settings(config, home, cwd, environ, handed or choice.url, [])
     return [_masked(finding) for finding in findings]
 
 
@@ -228,7 +231,7 @@ def _rc_finding(assignment: _Assignment, shell: str, expected: dict[str, str] | 
     return Finding(ERROR, f"{assignment.name} is set to a fixed {assignment.value}{shown}", where, fix)
 
 
-def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str, str], choice: Decision | None, checked: list[str]) -> list[Finding]:
+def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str, str], handed: str | None, checked: list[str]) -> list[Finding]:
     """Claude Code's settings files, lowest precedence first: the last one that sets the variable wins."""
     user_dir = Path(environ.get("CLAUDE_CONFIG_DIR") or home / ".claude")
     candidates = [user_dir / "settings.json", cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
@@ -270,14 +273,14 @@ def _claude_settings(config: Config, home: Path, cwd: Path, environ: Mapping[str
             continue
         if isinstance(value, str):
             winner = (path, value, _line_of(text, _CLAUDE_KEY))
-    if winner is None or choice is None:
+    if winner is None or handed is None:
         return findings
     path, value, line = winner
     ours = any(path.resolve() == target.resolve() for target in config.targets.claude_settings)
     where = f"{path}:{line}"
-    if not _same_url(value, choice.url):
+    if not _same_url(value, handed):
         fix = "run: linepicker pick  (it rewrites its targets)" if ours else f"add it to targets.claude_settings in {config.source}, or delete env.ANTHROPIC_BASE_URL there"
-        findings.append(Finding(ERROR, f"Claude Code uses ANTHROPIC_BASE_URL={value} from this file (it overrides the shell and lower settings), not the chosen {choice.url}", where, fix))
+        findings.append(Finding(ERROR, f"Claude Code uses ANTHROPIC_BASE_URL={value} from this file (it overrides the shell and lower settings), not the chosen {handed}", where, fix))
     elif not ours:
         findings.append(
             Finding(WARNING, "ANTHROPIC_BASE_URL is set here to the current choice, but linepicker does not keep this file: it will not follow the next switch", where, f"add it to targets.claude_settings in {config.source}")

@@ -14,6 +14,7 @@ import sys
 
 from .clientenv import SHELLS, detect_shell, shell_exports
 from .errors import ExitStatus, LinepickerError
+from .gatewaylease import live_gateway
 from .lastchoice import NO_CHOICE, last_choice, outside_config
 
 def _quick_db_path(explicit: str | None) -> str | None:
@@ -73,7 +74,7 @@ def _quick_env(options: dict[str, str]) -> int | None:
     if config is not None and (outside := outside_config(config[0], row[0], row[1], config[1].get(row[0]))):
         print(outside, file=sys.stderr)
         return ExitStatus.NO_ELIGIBLE
-    sys.stdout.write(shell_exports(row[1], options.get("--shell") or detect_shell()))
+    sys.stdout.write(shell_exports(live_gateway(path) or row[1], options.get("--shell") or detect_shell()))
     return ExitStatus.OK
 
 

@@ -15,7 +15,7 @@ from .errors import StoreError
 BUSY_TIMEOUT_S = 10.0
 # The database migrations this release knows, in order (store.MIGRATIONS pairs each with its code).
 # Named here, with the standard library, so that `env` too refuses a file a newer release has changed.
-MIGRATION_NAMES = ("0001_initial", "0002_hourly", "0003_samples_by_round", "0004_chats", "0005_fold_hourly")
+MIGRATION_NAMES = ("0001_initial", "0002_hourly", "0003_samples_by_round", "0004_chats", "0005_fold_hourly", "0006_traffic")
 NO_CHOICE = "linepicker: no line chosen yet: run 'linepicker pick'"
 CHOICE_QUERY = "select name, url, previous, reason, decided_at from decisions order by id desc limit 1"
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from . import policy
 from .config import Config, Line
 from .errors import UnknownLine
+from .gatewaylease import live_gateway
 from .policy import LineStats, Verdict
 from .store import ChatRow, Decision, LastSample, Store
 
@@ -180,13 +181,16 @@ def choose(
     return verdict, chosen
 
 
-def hand_out(config: Config, verdict: Verdict, chosen: Decision | None) -> tuple[list[targets.TargetResult], list[str]]:
-    """Bring the target files in line with a fresh choice; nothing is written when nothing is eligible."""
+def hand_out(config: Config, verdict: Verdict, chosen: Decision | None, via: str | None = None) -> tuple[list[targets.TargetResult], list[str]]:
+    """Bring the target files in line with a fresh choice; nothing is written when nothing is eligible.
+
+    `via`: the URL of a live gateway, which the targets keep naming while it serves.
+    """
     from . import targets  # here, not at the top: `status` writes no target
 
     if chosen is None or verdict.chosen is None:
         return [], []
-    return targets.write_targets(config.targets, chosen.name, chosen.url)
+    return targets.write_targets(config.targets, chosen.name, via or chosen.url)
 
 
 async def run_round(
@@ -220,7 +224,7 @@ async def run_round(
         store.finish_round(round_id, None, "probe only")
         return RoundResult(round_id, reports, time.perf_counter() - started)
     verdict, chosen = choose(config, store, [r.stats for r in reports], round_id, previous)
-    results, errors = hand_out(config, verdict, chosen)
+    results, errors = hand_out(config, verdict, chosen, via=live_gateway(str(store.path)))
     return RoundResult(round_id, reports, time.perf_counter() - started, verdict, chosen, results, errors)
 
 
@@ -282,5 +286,5 @@ def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[
     previous = store.choice()
     if not previous or previous.name != line.name or previous.url != line.url:
         store.record_decision(line.name, line.url, previous.name if previous else None, "pinned by hand", None)
-    results, errors = targets.write_targets(config.targets, line.name, line.url)
+    results, errors = targets.write_targets(config.targets, line.name, live_gateway(str(store.path)) or line.url)
     return store.choice(), results, errors

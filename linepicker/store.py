@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .config import Line
     from .probe.chat import ChatSample
     from .probe.sample import Sample
+    from .traffic import Attempt, TrafficSummary
 
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
@@ -236,12 +237,51 @@ def _migration_5(db: "sqlite_utils.Database") -> None:
         _merge_hour(conn, row)
 
 
+def _migration_6(db: "sqlite_utils.Database") -> None:
+    """The gateway's real requests, one row per attempt on a line (linepicker.traffic).
+
+    A table of their own rather than samples of another kind: every reader of
+    samples (the policy's window, charts, roll-ups, doctor) judges a probe's
+    ttfb, and a completion's head waits for the model. No round: traffic comes
+    when clients send it. Never a body, a header or a query string.
+    """
+    db["traffic"].create(
+        {
+            "id": int,
+            "line_id": int,
+            "started_at": float,
+            "seq": int,  # 1: the first line tried for its request
+            "method": str,
+            "path": str,
+            "outcome": str,
+            "success": int,  # 1: the line delivered the API's answer, 0: it failed, NULL: the client left first
+            "failover": int,  # 1: the request went on to another line
+            "status": int,
+            "error": str,
+            "stream": int,
+            "request_bytes": int,
+            "upload_ms": float,
+            "ttfb_ms": float,  # request sent -> the answer's head
+            "ttft_ms": float,  # request sent -> the first text of a stream
+            "total_ms": float,
+            "tokens": int,  # output tokens, from the usage a stream carried
+            "tokens_per_s": float,
+            "reused": int,  # on a kept-alive connection
+        },
+        pk="id",
+        foreign_keys=[("line_id", "lines", "id")],
+    )
+    db["traffic"].create_index(["line_id", "started_at"])
+    db["traffic"].create_index(["started_at"])
+
+
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
     ("0003_samples_by_round", _migration_3),
     ("0004_chats", _migration_4),
     ("0005_fold_hourly", _migration_5),
+    ("0006_traffic", _migration_6),
 ]
 
 
@@ -447,6 +487,40 @@ class Store:
             result[name] = ChatRow(model, outcome, bool(success), error, ttft, tokens, rate, at, later)
         return result
 
+    def add_traffic(self, line_ids: dict[str, int], attempts: Iterable["Attempt"]) -> None:
+        """Record the gateway's attempts, in one transaction however many: the daemon writes them in batches."""
+        rows = [
+            [line_ids[a.line], a.started_at, a.seq, a.method, a.path, a.outcome, None if a.success is None else int(a.success),
+             int(a.failover), a.status, _masked(a.error), int(a.stream), a.request_bytes, a.upload_ms, a.ttfb_ms, a.ttft_ms, a.total_ms,
+             a.tokens, a.tokens_per_s, int(a.reused)]
+            for a in attempts
+            if a.line in line_ids
+        ]
+        if rows:
+            marks = ", ".join("?" * len(TRAFFIC_COLUMNS))
+            self._write(lambda: self.conn.executemany(f"insert into traffic ({', '.join(TRAFFIC_COLUMNS)}) values ({marks})", rows))
+
+    def traffic_since(self, line_ids: dict[str, int], since: float) -> dict[str, "TrafficSummary"]:
+        """Each line's real requests since a time, summed up; lines without any are left out."""
+        from .traffic import Attempt, summarize
+
+        names = {line_id: name for name, line_id in line_ids.items()}
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        rows = self.conn.execute(
+            f"select line_id, {', '.join(TRAFFIC_COLUMNS[1:])} from traffic where line_id in ({marks}) and started_at >= ? order by started_at",
+            [*names, since],
+        )
+        attempts: dict[str, list[Attempt]] = {}
+        for line_id, *values in rows:
+            row = dict(zip(TRAFFIC_COLUMNS[1:], values))
+            row["success"] = None if row["success"] is None else bool(row["success"])
+            for flag in ("failover", "stream", "reused"):
+                row[flag] = bool(row[flag])
+            attempts.setdefault(names[line_id], []).append(Attempt(line=names[line_id], **row))
+        return {name: summarize(found) for name, found in attempts.items()}
+
     def finish_round(self, round_id: int, chosen: str | None, reason: str) -> None:
         self._write(
             lambda: self.db["rounds"].update(round_id, {"finished_at": time.time(), "chosen": chosen, "reason": reason})
@@ -562,6 +636,7 @@ class Store:
                 _merge_hour(self.conn, _hour_row(line_id, hour, samples))
             self.db.execute("delete from samples where started_at < ?", [cutoff])
             self.db.execute("delete from chats where started_at < ?", [cutoff])  # no hourly form: kept as long as raw samples
+            self.db.execute("delete from traffic where started_at < ?", [cutoff])  # likewise
             gone = self.db.execute(
                 "delete from rounds where started_at < ? and not exists (select 1 from samples where samples.round_id = rounds.id) "
                 "and not exists (select 1 from chats where chats.round_id = rounds.id)",
@@ -598,6 +673,12 @@ class Store:
         ).fetchall()
         latest = rows[0][0] if rows else None
         return [RoundSample(outcome, status, error, bool(key_sent), at) for round_id, outcome, status, error, key_sent, at in rows if round_id == latest]
+
+
+TRAFFIC_COLUMNS = (
+    "line_id", "started_at", "seq", "method", "path", "outcome", "success", "failover", "status", "error", "stream",
+    "request_bytes", "upload_ms", "ttfb_ms", "ttft_ms", "total_ms", "tokens", "tokens_per_s", "reused",
+)
 
 
 def _common_columns(round_id: int, line_ids: dict[str, int], sample: "Sample | ChatSample") -> dict:

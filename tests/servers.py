@@ -327,3 +327,139 @@ def tls_server_context(cert: Any) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     return context
+
+
+# --- API lines for the gateway (issue 13): the endpoints Claude Code, Codex and the SDKs call. ---
+
+GATEWAY_MODES = ("ok", "html502", "block", "error_event", "cut", "auth", "ratelimit", "json503", "echo_key_page", "hang")
+
+
+@dataclass
+class ApiRelay:
+    """One aiohttp server playing many lines under /line/<name>, each answering chat completions,
+    Responses and Messages (stream or not) with text that names the line, or failing as its mode says."""
+
+    modes: dict[str, str] = field(default_factory=lambda: defaultdict(lambda: "ok"))
+    requests: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    base: str = ""
+    words: int = 5  # text chunks per streamed answer
+
+    def url(self, name: str, mode: str = "ok") -> str:
+        self.modes[name] = mode
+        return f"{self.base}/line/{name}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        body = await request.read()
+        self.requests[name].append({"method": request.method, "path": request.match_info["tail"], "query": request.query_string,
+                                    "headers": dict(request.headers), "body": body})
+        mode = self.modes[name]
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if mode == "html502":
+            return web.Response(status=502, body=GATEWAY_PAGE, content_type="text/html")
+        if mode == "block":
+            return web.Response(status=403, body=BLOCK_PAGE, content_type="text/html")
+        if mode == "echo_key_page":
+            key = request.headers.get("Authorization", "") or request.headers.get("x-api-key", "")
+            page = f"<html><head><title>Denied {key} {key[10:20]}</title></head></html>"
+            return web.Response(status=502, text=page, content_type="text/html")
+        if mode == "auth":
+            return web.json_response(AUTH_ERROR, status=401)
+        if mode == "ratelimit":
+            return web.json_response({"error": {"message": "slow down", "type": "rate_limit_error"}}, status=429)
+        if mode == "json503":
+            return web.json_response({"error": {"message": "model overloaded", "type": "overloaded"}}, status=503)
+        tail = request.match_info["tail"]
+        data = json.loads(body) if body else {}
+        if request.method == "HEAD" or tail == "":
+            return web.Response(text=f"<html>relay home {name}</html>", content_type="text/html")
+        if tail == "v1/models":
+            return web.json_response(MODELS)
+        words = [f"{name}{i}" for i in range(self.words)]
+        if not data.get("stream"):
+            return web.json_response(_whole_answer(tail, name, " ".join(words)))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        events = _stream_events(tail, name, words, error=mode == "error_event")
+        for n, event in enumerate(events):
+            await response.write(event)
+            if mode == "cut" and n == 2:
+                await asyncio.sleep(0.05)
+                request.transport.close()  # the line dies mid-answer: no last chunk, no [DONE]
+                return response
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
+
+def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data)
+    return (f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode()
+
+
+def _whole_answer(tail: str, name: str, text: str) -> dict[str, Any]:
+    if tail == "v1/messages":
+        return {"id": f"msg_{name}", "type": "message", "role": "assistant", "model": "claude-x", "stop_reason": "end_turn", "stop_sequence": None,
+                "content": [{"type": "text", "text": text}], "usage": {"input_tokens": 3, "output_tokens": 5}}
+    if tail == "v1/responses":
+        return _response_object(name, text, "completed")
+    return {"id": f"chatcmpl-{name}", "object": "chat.completion", "created": 1, "model": "gpt-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+
+
+def _response_object(name: str, text: str, status: str) -> dict[str, Any]:
+    output = [{"type": "message", "id": f"msg_{name}", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}] if text else []
+    return {"id": f"resp_{name}", "object": "response", "created_at": 1, "status": status, "model": "gpt-x", "output": output,
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None, "instructions": None,
+            "metadata": {}, "temperature": 1.0, "top_p": 1.0,
+            "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}} if status == "completed" else None}
+
+
+def _stream_events(tail: str, name: str, words: list[str], error: bool) -> list[bytes]:
+    """A real stream of each API, or one that opens with that API's error event."""
+    if tail == "v1/messages":
+        if error:
+            return [_sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")]
+        return [
+            _sse({"type": "message_start", "message": {"id": f"msg_{name}", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+                  "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}, "message_start"),
+            _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+            _sse({"type": "ping"}, "ping"),
+            *[_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word + " "}}, "content_block_delta") for word in words],
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": len(words)}}, "message_delta"),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
+    if tail == "v1/responses":
+        if error:
+            return [_sse({"type": "error", "code": "server_error", "message": "upstream failed", "param": None, "sequence_number": 0}, "error")]
+        created = _response_object(name, "", "in_progress")
+        return [
+            _sse({"type": "response.created", "response": created, "sequence_number": 0}, "response.created"),
+            *[_sse({"type": "response.output_text.delta", "item_id": f"msg_{name}", "output_index": 0, "content_index": 0, "delta": word + " ",
+                    "sequence_number": n + 1, "logprobs": []}, "response.output_text.delta") for n, word in enumerate(words)],
+            _sse({"type": "response.completed", "response": _response_object(name, " ".join(words) + " ", "completed"),
+                  "sequence_number": len(words) + 1}, "response.completed"),
+        ]
+    if error:
+        return [_sse({"error": {"message": "upstream channel failed", "type": "upstream_error", "code": "bad_gateway"}})]
+    chunk = {"id": f"chatcmpl-{name}", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+    return [
+        _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
+        *[_sse({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}) for word in words],
+        _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        _sse({**chunk, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}}),
+        _sse("[DONE]"),
+    ]
+
+
+def start_api_relay(server: ServerThread) -> ApiRelay:
+    relay = ApiRelay()
+    app = web.Application(client_max_size=2**30)
+    app.router.add_route("*", "/line/{name}/{tail:.*}", relay.handle)
+    relay.base = f"http://127.0.0.1:{server.start_app(app)}"
+    return relay

@@ -21,7 +21,7 @@ from linepicker.store import Store
 
 PACKAGE = Path(__file__).resolve().parent.parent / "linepicker"
 
-CORE = ("config", "probe", "store", "policy", "picker", "targets", "clientenv", "lastchoice", "errors", "fsutil")
+CORE = ("config", "probe", "store", "policy", "picker", "targets", "clientenv", "lastchoice", "errors", "fsutil", "traffic", "gatewaylease")
 PRESENTATION = ("cli", "entry", "report.terminal", "daemon")
 
 

@@ -120,7 +120,7 @@ def test_migration_0005_folds_the_hour_rows_written_one_per_sample(tmp_path: Pat
     with Store(path) as store:
         rows = store.conn.execute("select hour, samples, successes, ttfb_p50_ms, ttfb_min_ms, ttfb_max_ms, outcomes from hourly order by hour").fetchall()
         applied = [row[0] for row in store.conn.execute("select name from migrations order by id")]
-    assert applied[-1] == "0005_fold_hourly"
+    assert "0005_fold_hourly" in applied
     assert [row[0] for row in rows] == [float(hour), float(hour + 3600)]
     first, second = rows
     exact_median = sorted(ttfbs)[14] / 2 + sorted(ttfbs)[15] / 2

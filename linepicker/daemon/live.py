@@ -10,13 +10,18 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .. import picker, policy
 from ..config import Config, Line
-from ..policy import LineStats
+from ..policy import LineStats, Verdict
 from ..probe.phases import Phases, median_phases
 from ..probe.round import LineRun
 from ..store import Store
+from ..traffic import TrafficSummary
+
+if TYPE_CHECKING:
+    from .gateway import Breakers
 
 FULL = "daemon"  # round kinds, as recorded in the rounds table
 RECHECK = "daemon-recheck"
@@ -57,6 +62,15 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class LineTraffic:
+    """A line's real requests through the gateway: the window's figures and its circuit breaker."""
+
+    summary: TrafficSummary | None  # None: no request in the window
+    breaker: str  # closed, open, half-open
+    reopens_in: float | None  # seconds until an open line is tried again
+
+
+@dataclass(frozen=True)
 class LineView:
     """One line as the daemon sees it now: the policy's figures plus rise/fall and the last round."""
 
@@ -64,6 +78,7 @@ class LineView:
     health: Health
     state: str  # up, down, failing 1/3, rising 1/2
     phases: Phases | None  # medians of the latest round that probed the line
+    traffic: LineTraffic | None = None  # None: the daemon serves no gateway
 
 
 @dataclass
@@ -78,12 +93,33 @@ class LiveState:
     ttfb_sum_ms: Counter[str] = field(default_factory=Counter)
     last_round_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    breakers: Breakers | None = None  # the gateway's, while the daemon serves one
+    order: tuple[Line, ...] = ()  # the lines in the policy's order, chosen first: where the gateway sends requests
 
     def health_of(self, name: str) -> Health:
         return self.health.get(name, Health())
 
     def unsteady_lines(self) -> tuple[Line, ...]:
-        return tuple(line for line in self.config.active_lines if not self.health_of(line.name).steady)
+        """Lines to re-check on the fast schedule: failing probes, or failing real requests."""
+        return tuple(line for line in self.config.active_lines if not self.health_of(line.name).steady or self.skipped(line.name))
+
+    def skipped(self, name: str) -> bool:
+        """The gateway skips the line: its real requests kept failing."""
+        return self.breakers is not None and self.breakers.state(name) == "open"
+
+    def traffic_error(self, name: str) -> str | None:
+        """Why real requests make a line ineligible, beside its probes: the same as a failing chat probe."""
+        if not self.skipped(name):
+            return None
+        assert self.breakers is not None
+        return f"real requests through the gateway keep failing (skipped for {self.breakers.reopens_in(name) or 0:.0f} s more)"
+
+    def set_order(self, chosen: str | None, verdict: Verdict | None = None) -> None:
+        """Chosen first, then the eligible lines by score, then the rest in config order: the gateway's failover order."""
+        scores = {name: j.score for name, j in verdict.judgements.items() if j.eligible and j.score is not None} if verdict else {}
+        lines = self.config.active_lines
+        ranked = sorted(range(len(lines)), key=lambda i: (lines[i].name != chosen, lines[i].name not in scores, scores.get(lines[i].name, 0.0), i))
+        self.order = tuple(lines[i] for i in ranked)
 
     def record(self, kind: str, runs: list[LineRun]) -> list[Transition]:
         """Fold a finished round into health and counters; returns the lines whose state flipped."""
@@ -109,6 +145,8 @@ class LiveState:
         names = {line.name for line in config.active_lines}
         self.health = {name: h for name, h in self.health.items() if name in names}
         self.phases = {name: p for name, p in self.phases.items() if name in names}
+        if self.breakers is not None:
+            self.breakers.forget(names)
         self.config = config
 
     def stats(self) -> list[LineStats]:
@@ -118,7 +156,7 @@ class LiveState:
         window = self.store.window(line_ids, time.time() - config.policy.window)
         errors = picker.model_errors(config, self.store, line_ids)
         return [
-            policy.summarize(line.name, window[line.name], self.health_of(line.name).up, errors.get(line.name))
+            policy.summarize(line.name, window[line.name], self.health_of(line.name).up, errors.get(line.name) or self.traffic_error(line.name))
             for line in config.active_lines
         ]
 
@@ -127,13 +165,29 @@ class LiveState:
         report = picker.status(self.config, self.store)
         lines = []
         for entry in report.lines:
-            stats = replace(entry.stats, up=self.health_of(entry.line.name).up)
+            stats = replace(entry.stats, up=self.health_of(entry.line.name).up, model_error=entry.stats.model_error or self.traffic_error(entry.line.name))
             lines.append(replace(entry, stats=stats, judgement=policy.judge(stats, self.config.policy)))
         return replace(report, lines=lines)
 
     def views(self, status: picker.Status) -> list[LineView]:
         rise, fall = self.config.policy.rise, self.config.policy.fall
+        traffic = self.traffic()
         return [
-            LineView(entry, self.health_of(entry.line.name), self.health_of(entry.line.name).label(rise, fall), self.phases.get(entry.line.name))
+            LineView(
+                entry, self.health_of(entry.line.name), self.health_of(entry.line.name).label(rise, fall), self.phases.get(entry.line.name),
+                traffic.get(entry.line.name),
+            )
             for entry in status.lines
         ]
+
+    def traffic(self) -> dict[str, LineTraffic]:
+        """Each line's real requests over the policy window, while the daemon serves a gateway."""
+        breakers = self.breakers
+        if breakers is None:
+            return {}
+        line_ids = self.store.line_ids(self.config.active_lines)
+        summaries = self.store.traffic_since(line_ids, time.time() - self.config.policy.window)
+        return {
+            name: LineTraffic(summaries.get(name), breakers.state(name), breakers.reopens_in(name))
+            for name in line_ids
+        }

@@ -16,19 +16,25 @@ and `rate(_sum)/rate(_count)` gives a true mean.
 
 The process collector adds the usual `process_*` series (memory, CPU, open
 files), so a daemon that leaks shows it on the same dashboard.
+
+The gateway's real requests are the exception: they come one by one, so they
+are counted as they happen (GatewayMetrics), with a ttfb histogram per line.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from ..probe.phases import PHASES
+from ..traffic import Attempt
 from .live import FULL, RECHECK, LiveState
 
 WINDOW_QUANTILES = (("0.5", "p50_ms"), ("0.95", "p95_ms"))
+# From a cached model's first token to a long completion's whole answer: a relay's ttfb spans all of it.
+TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class LiveCollector:
@@ -96,10 +102,43 @@ class LiveCollector:
         )
         if live.last_round_at is not None:
             yield GaugeMetricFamily("linepicker_last_round_timestamp_seconds", "Unix time the latest round finished.", value=live.last_round_at)
+        if live.breakers is not None:
+            skipped = GaugeMetricFamily("linepicker_gateway_line_skipped", "1 while the gateway skips the line (its circuit breaker is open).", labels=["line"])
+            for line in live.config.active_lines:
+                skipped.add_metric([line.name], float(live.skipped(line.name)))
+            yield skipped
 
 
-def registry(live: LiveState) -> CollectorRegistry:
+class GatewayMetrics:
+    """The gateway's requests, counted as they happen. Labels are line names and outcomes only: never a path or a key."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "linepicker_gateway_requests", "Attempts the gateway made on each line, by how they ended (the probes' outcomes).",
+            ["line", "outcome"], registry=None,
+        )
+        self.failovers = Counter(
+            "linepicker_gateway_failovers", "Requests moved to another line before any of the answer reached the client.",
+            ["from_line", "to_line"], registry=None,
+        )
+        self.ttfb = Histogram(
+            "linepicker_gateway_ttfb_seconds", "From a request sent to a line to the head of its answer.", ["line"],
+            buckets=TTFB_BUCKETS, registry=None,
+        )
+
+    def observe(self, attempt: Attempt) -> None:
+        self.requests.labels(attempt.line, attempt.outcome).inc()
+        if attempt.previous is not None:
+            self.failovers.labels(attempt.previous, attempt.line).inc()
+        if attempt.ttfb_ms is not None:
+            self.ttfb.labels(attempt.line).observe(attempt.ttfb_ms / 1000)
+
+
+def registry(live: LiveState, gateway: GatewayMetrics | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(LiveCollector(live))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
+    if gateway is not None:
+        for metric in (gateway.requests, gateway.failovers, gateway.ttfb):
+            registry.register(metric)
     return registry

@@ -8,8 +8,10 @@ exactly once and every decision sees a finished round.
 Schedule: a full round every probe.interval (plus up to 10% jitter, at most
 5 s, so many vantage points do not probe in lockstep), the first one at
 start; every probe.down_interval the lines that are not fully healthy
-(down, or up with failures pending) are re-probed on their own, as HAProxy
-does with fastinter/downinter; retention runs at start and hourly.
+(down, or up with failures pending, or skipped by the gateway) are re-probed
+on their own, as HAProxy does with fastinter/downinter; retention runs at
+start and hourly. With a `gateway:` block it serves the gateway on the same
+loop, and a line failing real requests is re-checked at once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..policy import Verdict
 from ..store import Decision, RollUp, Store, resolve_db_path
 from ..words import counted
 from . import web
+from .gatewayservice import GatewayService, hand_out
 from .live import FULL, RECHECK, LiveState
 
 if TYPE_CHECKING:
@@ -179,6 +182,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
         self._none_eligible = False
+        self.gateway = GatewayService(self.live, store, config.gateway, self.recheck_soon) if config.gateway else None
 
     async def serve(self) -> None:
         """Run until stop(); then let a running round finish briefly, cancel what is left, and return."""
@@ -193,7 +197,15 @@ class Daemon:
         if missing := config.missing_key():
             log.warning("%s", missing)
         self.store.finish_abandoned_rounds([FULL, RECHECK], "interrupted: an earlier daemon stopped mid-round")
-        runner = await web.start(self.live, self.listen) if self.listen else None
+        gateway = self.gateway
+        if gateway is not None:
+            await gateway.start()
+        try:
+            runner = await web.start(self.live, self.listen, gateway.metrics if gateway else None) if self.listen else None
+        except BaseException:
+            if gateway is not None:
+                await gateway.stop()
+            raise
         self.url = web.page_url(runner) if runner else None
         scheduler = AsyncIOScheduler(timezone=dt.timezone.utc)
         scheduler.add_listener(SchedulerLog(), EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
@@ -210,6 +222,8 @@ class Daemon:
         try:
             await self._stopping.wait()
         finally:
+            if gateway is not None:
+                await gateway.stop()  # first, so no client is handed a gateway about to close
             scheduler.pause()
             await self._drain()
             scheduler.shutdown(wait=False)
@@ -237,6 +251,10 @@ class Daemon:
         async with self._round_lock:
             old = self.live.config
             self.live.reconfigure(config)
+            choice = self.store.choice()
+            self.live.set_order(choice.name if choice else None)
+            if self.gateway is not None:
+                self.gateway.reconfigure(config)
             if (old.probe.interval, old.probe.down_interval) != (config.probe.interval, config.probe.down_interval):
                 assert self._scheduler is not None
                 self._schedule(self._scheduler, config, first_full=None)
@@ -267,6 +285,17 @@ class Daemon:
             if lines:
                 await self._round(RECHECK, lines)
 
+    def recheck_soon(self, name: str) -> None:
+        """A line failing real requests is re-probed at once, not at the next round."""
+        self._spawn(self._job("recheck", lambda: self._recheck_line(name))())
+
+    async def _recheck_line(self, name: str) -> None:
+        line = next((line for line in self.live.config.active_lines if line.name == name), None)
+        if line is None or self._round_lock.locked():
+            return  # gone from the config, or a round in progress probes it
+        async with self._round_lock:
+            await self._round(RECHECK, (line,))
+
     async def retention(self) -> None:
         settings = self.live.config.retention
         rolled, pruned = retain(self.store, settings, time.time())
@@ -287,10 +316,11 @@ class Daemon:
             else:
                 log.warning("line %s is down after %s: %s", flip.line, counted(flip.rounds, "failed round"), flip.last_error or "no answer")
         verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
+        self.live.set_order(verdict.chosen or (previous.name if previous else None), verdict)
         log.debug("%s round %d on %s: %s", kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
         self._note_eligibility(verdict)
         if chosen is not None and chosen != previous:
-            self._switched(config, verdict, chosen)
+            self._switched(config, chosen)
 
     def _note_eligibility(self, verdict: Verdict) -> None:
         """Say once when no line is eligible, and once when one is again, rather than every round."""
@@ -302,17 +332,13 @@ class Daemon:
                 log.info("a line is eligible again")
         self._none_eligible = none
 
-    def _switched(self, config: Config, verdict: Verdict, chosen: Decision) -> None:
+    def _switched(self, config: Config, chosen: Decision) -> None:
         if chosen.previous is not None:  # the first choice ever is no switch: alerts on switching rates count this
             self.live.switches += 1
         log.info("switched from %s to %s (%s): %s", chosen.previous or "nothing", chosen.name, chosen.url, chosen.reason)
-        results, errors = picker.hand_out(config, verdict, chosen)
-        for result in results:
-            if result.changed:
-                log.info("updated %s", result.path)
-        for message in errors:
-            log.error("target not updated: %s", message)
-        for finding in client_checks(config, chosen, [result.path for result in results]) if results else ():
+        url = self.gateway.url if self.gateway is not None and self.gateway.url else chosen.url
+        results = hand_out(config, chosen.name, url)
+        for finding in client_checks(config, chosen, [result.path for result in results], url) if results else ():
             log.warning("%s (%s; fix: %s)", finding.what, finding.where, finding.fix)
         if config.on_switch:
             self._spawn(self._job("on_switch", lambda: self._run_hook(config.on_switch, chosen))())

@@ -11,24 +11,29 @@ from __future__ import annotations
 import logging
 import time
 
+from typing import TYPE_CHECKING, Any
+
 from aiohttp import web
 
 from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
 from ..report.history import SPANS, history
-from .live import LiveState
+from .live import LineTraffic, LiveState
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 log = logging.getLogger("linepicker")
 
 PAGE_REFRESH_S = 30
 
 
-async def start(live: LiveState, listen: Listen) -> web.AppRunner:
+async def start(live: LiveState, listen: Listen, gateway: GatewayMetrics | None = None) -> web.AppRunner:
     """Bind and serve; a port already in use is a one-line error, not a traceback."""
     if not listen.loopback:
         log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
-    runner = web.AppRunner(app(live), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app(live, gateway), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, listen.host, listen.port).start()
@@ -43,12 +48,12 @@ def page_url(runner: web.AppRunner) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def app(live: LiveState) -> web.Application:
+def app(live: LiveState, gateway: GatewayMetrics | None = None) -> web.Application:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .metrics import registry
 
-    metrics = registry(live)
+    metrics = registry(live, gateway)
 
     async def index(request: web.Request) -> web.Response:
         span = request.query.get("span")
@@ -100,6 +105,7 @@ def status_json(live: LiveState) -> dict:
             "phases": vars(view.phases) if view.phases else None,
             "trend": [documents.bucket_json(bucket) for bucket in trends.get(view.status.line.name, [])],
         }
+        | ({"traffic": traffic_json(view.traffic)} if view.traffic else {})
         for view in live.views(report)
     }
     data = documents.status_json(report, live.config, extras)
@@ -120,6 +126,25 @@ def trend(live: LiveState, now: float) -> tuple[float, dict[str, list[series.Buc
     span = width * TREND_MARKS
     points = live.store.samples_since(live.store.line_ids(live.config.active_lines), now - span)
     return width, {name: series.series(found, now, span, TREND_MARKS).buckets for name, found in points.items()}
+
+
+def traffic_json(traffic: LineTraffic) -> dict[str, Any]:
+    """A line's real requests through the gateway over the policy window, and whether the gateway skips it."""
+    summary = traffic.summary
+    data: dict[str, Any] = {"breaker": traffic.breaker, "reopens_in_s": None if traffic.reopens_in is None else round(traffic.reopens_in, 1)}
+    if summary is None:
+        return data | {"requests": 0}
+    return data | {
+        "requests": summary.requests,
+        "failures": summary.failures,
+        "failovers": summary.failovers,
+        "ttfb_p50_ms": summary.ttfb_p50_ms,
+        "ttft_p50_ms": summary.ttft_p50_ms,
+        "tokens_per_s": summary.tokens_per_s,
+        "last_outcome": summary.last_outcome,
+        "last_error": summary.last_error,
+        "last_at": documents.iso_time(summary.last_at),
+    }
 
 
 def render_page(live: LiveState, span: str | None = None) -> str:

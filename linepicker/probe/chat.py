@@ -137,7 +137,7 @@ class Answer:
         if not isinstance(data, dict):
             raise StreamError(PROTOCOL, f"malformed event: data is not a JSON object: {event.data[:80]!r}")
         if "error" in data:
-            raise StreamError(MODEL_ERROR, f"the API reported an error mid-answer: {_error_text(data)}")
+            raise StreamError(MODEL_ERROR, f"the API reported an error mid-answer: {error_text(data)}")
         return data
 
 
@@ -258,7 +258,7 @@ async def chat_once(
         phases=stamps.phases(),
         ttft_ms=span_ms(stamps.request_sent, first),
         tokens=tokens,
-        tokens_per_s=_rate(tokens, first, last) if outcome == OK else None,
+        tokens_per_s=token_rate(tokens, first, last) if outcome == OK else None,
         usage=answer.usage_tokens is not None,
         status=status,
         error=redact(error, key) if error else None,
@@ -275,11 +275,11 @@ async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
     body, complete = await read_capped(response)
     if not 200 <= response.status < 300:
         outcome, error = classify_response(response.status, response.content_type, body, complete, api)
-        detail = _error_text(_json(body))
+        detail = error_text(_json(body))
         return outcome, f"{error}: {detail}" if detail and detail not in (error or "") else (error or f"HTTP {response.status}")
     data = _json(body)
     if "error" in data:
-        return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {_error_text(data)}"
+        return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {error_text(data)}"
     if "html" in response.content_type or body.lstrip()[:1] == b"<":
         return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + page_hint(response.content_type, body)
     shown = response.content_type or "no content type"
@@ -303,7 +303,7 @@ def _json(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _error_text(data: dict[str, Any]) -> str:
+def error_text(data: dict[str, Any]) -> str:
     """The message of an OpenAI ({"error": {...}}) or Anthropic ({"type": "error", "error": {...}}) error."""
     error = data.get("error")
     if isinstance(error, dict):
@@ -321,7 +321,7 @@ def _progress(answer: Answer, first: float | None, stamps: Stamps) -> str:
     return f"stalled after {counted(answer.text_chunks, 'text chunk')}"
 
 
-def _rate(tokens: int | None, first: float | None, last: float | None) -> float | None:
+def token_rate(tokens: int | None, first: float | None, last: float | None) -> float | None:
     """Tokens after the first one over the time they took: the decoding speed, without the wait for the first."""
     if not tokens or tokens < 2 or first is None or last is None or last <= first:
         return None

@@ -23,7 +23,7 @@ from .series import Series, span_text
 from .svg import LOSS_COLOURS, svg
 
 if TYPE_CHECKING:
-    from ..daemon.live import LineView  # the daemon hands its views in; the page never imports the daemon
+    from ..daemon.live import LineTraffic, LineView  # the daemon hands its views in; the page never imports the daemon
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,8 @@ def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
         badges = '<span class="badge chosen">chosen</span>' + badges
     if entry.line.insecure:
         badges += '<span class="badge bad">certificate NOT checked (insecure: true)</span>'
+    if view.traffic is not None and view.traffic.breaker != "closed":
+        badges += f'<span class="badge {"bad" if view.traffic.breaker == "open" else "warn"}">gateway: {_breaker(view.traffic)}</span>'
     verdict = (
         f"score {entry.judgement.score:.1f} ms" if entry.judgement.eligible and entry.judgement.score is not None
         else f"not eligible: {entry.judgement.why_not}"
@@ -119,7 +121,33 @@ def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
 {_figure("success", _rate(stats.success_rate))}{_figure("samples", str(stats.samples))}</dl>
 <p class="verdict{'' if entry.judgement.eligible else ' muted'}">{html.escape(verdict)}</p>
 <p class="phases">last round: {_phases(view.phases)} · <span class="outcome">{outcome}</span>{error}</p>
-{_chat(entry.chat, now)}{chart}</article>"""
+{_chat(entry.chat, now)}{_traffic(view.traffic, now)}{chart}</article>"""
+
+
+def _traffic(traffic: LineTraffic | None, now: float) -> str:
+    """Real requests through the gateway, beside the probes: what clients actually got from the line."""
+    if traffic is None:
+        return ""
+    summary = traffic.summary
+    if summary is None or not summary.requests:
+        return '<p class="chat">gateway: no request in the window</p>\n'
+    parts = [f"{summary.requests} requests", f"{summary.failures} failed" + (f" ({summary.failovers} moved to another line)" if summary.failovers else "")]
+    if summary.ttfb_p50_ms is not None:
+        parts.append(f"head {_ms(summary.ttfb_p50_ms)}")
+    if summary.ttft_p50_ms is not None:
+        parts.append(f"first token {_ms(summary.ttft_p50_ms)}")
+    if summary.tokens_per_s is not None:
+        parts.append(f"{summary.tokens_per_s:.0f} tokens/s")
+    last = ""
+    if summary.last_at is not None and summary.last_error:
+        last = f' · last {ago(summary.last_at, now)}: <span class="error">{html.escape(summary.last_outcome or "")}: {html.escape(summary.last_error)}</span>'
+    return f'<p class="chat">gateway (medians): {" · ".join(parts)}{last}</p>\n'
+
+
+def _breaker(traffic: LineTraffic) -> str:
+    if traffic.breaker == "open":
+        return f"skipped, tried again in {traffic.reopens_in or 0:.0f} s"
+    return "on trial"
 
 
 def _chat(chat: ChatRow | None, now: float) -> str:
