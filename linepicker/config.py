@@ -14,14 +14,14 @@ import shlex
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
 from . import APP_NAME
 from .clientenv import CLIENT_VARIABLES, DEFAULT_RELAY
-from .errors import ConfigError, UnknownRelay
+from .errors import ConfigError, UnknownLine, UnknownRelay
 from .urlmask import mask_userinfo
 
 CONFIG_NAME = "lines.yaml"
@@ -199,6 +199,50 @@ class Setup:
             if self.relay(name) is None:
                 raise UnknownRelay(f"no relay named {name!r} in {self.source} (relays: {', '.join(self.names)})")
         return tuple(config for config in self.relays if config.relay in names)
+
+    def line_urls(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Each relay's file and line URLs by name: what `env --config` checks a recorded choice against."""
+        return {config.relay: (str(config.source), {line.name: line.url for line in config.lines}) for config in self.relays}
+
+    def resolve_line(self, spec: str, relays: Sequence[str] = ()) -> tuple[Config, str]:
+        """`RELAY/LINE`, or `LINE` when one relay (of those `relays` names) has a line of that name."""
+        relay, slash, name = spec.rpartition("/")
+        candidates = self.select(relays)
+        pool = [self._relay_among(relay, candidates, spec)] if slash else candidates
+        having = [config for config in pool if config.line(name)]
+        if not having:
+            self._no_line(name, pool)
+        if len(having) > 1:
+            which = ", ".join(f"{config.relay}/{name}" for config in having)
+            raise ConfigError(f"several relays have a line named {name!r}: say which, as one of {which}")
+        return having[0], name
+
+    def line_filter(self, specs: Sequence[str], relays: Sequence[str] = ()) -> list[tuple[Config, tuple[str, ...]]]:
+        """The relays to show and, for each, the lines `--line` names there (none named: all of them)."""
+        candidates = self.select(relays)
+        if not specs:
+            return [(config, ()) for config in candidates]
+        chosen: dict[str, list[str]] = {}
+        for spec in specs:
+            relay, slash, name = spec.rpartition("/")
+            pool = [self._relay_among(relay, candidates, spec)] if slash else candidates
+            having = [config for config in pool if config.line(name)]
+            if not having:
+                self._no_line(name, pool)
+            for config in having:
+                chosen.setdefault(config.relay, []).append(name)
+        return [(config, tuple(chosen[config.relay])) for config in candidates if config.relay in chosen]
+
+    def _relay_among(self, relay: str, candidates: tuple[Config, ...], spec: str) -> Config:
+        config = self.select([relay])[0]
+        if config not in candidates:
+            raise UnknownRelay(f"{spec} names relay {relay!r}, which --relay leaves out")
+        return config
+
+    def _no_line(self, name: str, configs: Sequence[Config]) -> NoReturn:
+        known = ", ".join(f"{c.relay}/{line.name}" if self.named else line.name for c in configs for line in c.lines)
+        where = f" of relay {configs[0].relay!r}" if self.named and len(configs) == 1 else ""
+        raise UnknownLine(f"no line named {name!r}{where} in {self.source} (lines: {known})")
 
 
 @dataclass(frozen=True)

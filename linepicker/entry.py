@@ -14,7 +14,7 @@ import sys
 
 from .clientenv import SHELLS, detect_shell, format_exports
 from .errors import ExitStatus, LinepickerError
-from .lastchoice import choice_env, last_choice, relay_choices
+from .lastchoice import choice_env, last_choice, merged_env, relay_choices
 
 def _quick_db_path(explicit: str | None) -> str | None:
     """--db, LINEPICKER_DB, else platformdirs' user data dir on Linux; None: leave it to platformdirs.
@@ -70,10 +70,10 @@ def _quick_env(options: dict[str, str]) -> int | None:
     except LinepickerError as exc:
         print(f"linepicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    variables, missing = choice_env(relays, {relay: lines for relay, _, lines in config} if config is not None else None)
+    handed, missing = choice_env(relays, {relay: lines for relay, _, lines in config} if config is not None else None)
     for message in missing:
         print(message, file=sys.stderr)
-    sys.stdout.write(format_exports(variables, options.get("--shell") or detect_shell()))
+    sys.stdout.write(format_exports(merged_env(handed), options.get("--shell") or detect_shell()))
     return ExitStatus.NO_ELIGIBLE if missing else ExitStatus.OK
 
 
@@ -83,7 +83,8 @@ def _config_relays(path: str) -> list[tuple[str, tuple[str, ...], tuple[str, dic
     from .config import load_setup
 
     setup = load_setup(path)
-    return [(config.relay, config.exports, (str(config.source), {line.name: line.url for line in config.lines})) for config in setup.relays]
+    lines = setup.line_urls()
+    return [(config.relay, config.exports, lines[config.relay]) for config in setup.relays]
 
 
 def main() -> None:

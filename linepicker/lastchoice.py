@@ -43,22 +43,30 @@ def relay_choices(path: str) -> list[tuple[str, tuple[str, ...], Row | None]]:
 
 def choice_env(
     relays: list[tuple[str, tuple[str, ...], Row | None]], configured: dict[str, tuple[str, dict[str, str]]] | None = None
-) -> tuple[dict[str, str], list[str]]:
-    """The variables every relay's choice sets, and a note for each relay whose choice is not handed out (exit status 3):
-    none yet, or (with `configured`, each relay's config file and line URLs) a line that config does not name."""
+) -> tuple[list[tuple[str, Row, dict[str, str]]], list[str]]:
+    """Each relay whose choice is handed out, with its decision and the variables it sets; and a note
+    (exit status 3) for each relay whose choice is not: none yet, or (with `configured`, each relay's
+    config file and line URLs by name) a line that config does not name."""
     if not relays:
-        return {}, [NO_CHOICE]
-    variables: dict[str, str] = {}
+        return [], [NO_CHOICE]
+    handed = []
     missing = []
     for name, exports, row in relays:
-        which = "" if len(relays) == 1 else f" (relay {name})"
         if row is None:
             missing.append(NO_CHOICE if len(relays) == 1 else f"{NO_CHOICE} (relay {name} has none)")
         elif configured is not None and (outside := outside_config(configured[name][0], row[0], row[1], configured[name][1].get(row[0]))):
-            missing.append(outside + which)
+            missing.append(outside if len(relays) == 1 else f"{outside} (relay {name})")
         else:
-            variables.update(client_env(row[1], exports))
-    return variables, missing
+            handed.append((name, row, client_env(row[1], exports)))
+    return handed, missing
+
+
+def merged_env(handed: list[tuple[str, Row, dict[str, str]]]) -> dict[str, str]:
+    """Every handed-out relay's variables together: no two relays export the same one (the config refuses it)."""
+    variables: dict[str, str] = {}
+    for _, _, env in handed:
+        variables.update(env)
+    return variables
 
 
 def _relay_choices(conn: sqlite3.Connection) -> list[tuple[str, tuple[str, ...], Row | None]]:

@@ -253,6 +253,7 @@ h3 { font-size: 17px; margin: 0; }
 .history th { text-align:left; font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); border-bottom:1px solid var(--line); padding: 4px 8px 4px 0; }
 .history td { vertical-align: top; border-bottom:1px solid #f0f2f4; padding: 6px 10px 6px 0; }
 .history td:first-child { white-space: nowrap; }
+h2.relay { margin: 26px 0 10px; font-size: 22px; }
 footer { margin-top: 18px; }
 footer a { color: var(--accent); }
 """
@@ -261,20 +262,33 @@ footer a { color: var(--accent); }
 def render_report(history: History, config_source: str, now: float) -> str:
     """The charts of the status page for any period, as one file that opens anywhere, offline, for ever:
     so every time in it is absolute, with its zone, and nothing says "ago" or "now"."""
-    span = span_text(history.span_s)
-    end = time.strftime("%b %d %H:%M", time.localtime(history.until))
-    cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span, end) for entry in history.lines)
+    return render_relay_reports([(None, history)], config_source, now)
+
+
+def render_relay_reports(histories: list[tuple[str | None, History]], config_source: str, now: float) -> str:
+    """The report of one or several relays: each relay's cards and switches under its name (None: a one-relay file)."""
+    first = histories[0][1]
+    span = span_text(first.span_s)
+    end = time.strftime("%b %d %H:%M", time.localtime(first.until))
+    legend = _legend(f"{span} in {span_text(first.bucket_s)} buckets")
+    parts = []
+    for relay, history in histories:
+        cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span, end) for entry in history.lines)
+        switches = _decisions(list(reversed(history.decisions)), None) or '<section class="history"><h2>No switches in this period</h2></section>'
+        if relay is None:
+            parts.append(f'<section class="lines">{cards}</section>\n{legend}\n{switches}')
+        else:
+            parts.append(f'<h2 class="relay">relay {html.escape(relay)}</h2>\n<section class="lines">{cards}</section>\n{switches}')
+    body = "\n".join(parts) if histories[0][0] is None else legend + "\n" + "\n".join(parts)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>linepicker report: {_clock(history.since)} – {_clock(history.until)}</title>
+<title>linepicker report: {_clock(first.since)} – {_clock(first.until)}</title>
 <style>{CSS}</style></head>
 <body><main>
-<header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(history.since)} – {_clock(history.until)}
- ({span}; times in {_zone(history.until)}) · written {_clock(now)}</p></header>
-<section class="lines">{cards}</section>
-{_legend(f"{span} in {span_text(history.bucket_s)} buckets")}
-{_decisions(list(reversed(history.decisions)), None) or '<section class="history"><h2>No switches in this period</h2></section>'}
+<header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(first.since)} – {_clock(first.until)}
+ ({span}; times in {_zone(first.until)}) · written {_clock(now)}</p></header>
+{body}
 <footer class="muted">config {html.escape(config_source)} · linepicker {__version__}</footer>
 </main></body></html>
 """
