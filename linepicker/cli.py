@@ -147,7 +147,6 @@ def _run_round(config_path: str | None, db_path: str | None, as_json: bool, choo
         return list(await asyncio.gather(*(picker.run_round(config, store, kind, choose_line=choose, on_sample=on_sample) for config in configs)))
 
     with _open_store(db_path) as store:
-        store.set_relays(setup.relays)
         show_progress = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
         total = sum(len(config.active_lines) * config.probe.samples for config in configs)
         with terminal.progress(total, show_progress) as on_sample:

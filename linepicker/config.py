@@ -514,15 +514,15 @@ class _Validator:
             if key not in SHARED_KEYS:
                 raise self.fail(node, _MISPLACED.get(key, f"'{key}:' belongs inside a relay when the file has 'relays:'"))
         relays = []
-        for name, node in self.relay_blocks(top["relays"]):
+        for name, named_at, node in self.relay_blocks(top["relays"]):
             keys = self.mapping(node, f"relay {name!r}", RELAY_KEYS)
             if "lines" not in keys:
-                raise self.fail(node, f"relay {name!r} has no 'lines:': list its BaseURLs there")
+                raise self.fail(named_at, f"relay {name!r} has no 'lines:': list its BaseURLs there")
             for shared in ("probe", "policy"):
                 keys[shared] = self.overlay(top.get(shared), keys.get(shared), shared)
             if "on_switch" in top and "on_switch" not in keys:
                 keys["on_switch"] = top["on_switch"]
-            relays.append((self.relay_config(keys, node, name, retention), keys, node))
+            relays.append((self.relay_config(keys, node, name, retention), keys, named_at))
         self.refuse_clashes(relays)
         return self.finished(tuple(config for config, _, _ in relays), retention, named=True)
 
@@ -532,7 +532,8 @@ class _Validator:
         configs = tuple(replace(config, warnings=warnings, notes=notes) for config in relays)
         return Setup(self.path, self.origin, configs, retention, named, warnings, notes)
 
-    def relay_blocks(self, node: yaml.Node) -> list[tuple[str, yaml.Node]]:
+    def relay_blocks(self, node: yaml.Node) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """Each relay's name, the node naming it (where messages about the relay point) and its settings."""
         if not isinstance(node, yaml.MappingNode) or not node.value:
             raise self.fail(node, "relays must map each relay's name to its settings (key_env, exports, targets, lines)")
         seen: dict[str, int] = {}
@@ -544,7 +545,7 @@ class _Validator:
             if name in seen:
                 raise self.fail(key_node, f"duplicate relay name {name!r} (first on line {seen[name]})")
             seen[name] = key_node.start_mark.line + 1
-            blocks.append((name, value))
+            blocks.append((name, key_node, value))
         return blocks
 
     def overlay(self, shared: yaml.Node | None, own: yaml.Node | None, what: str) -> yaml.Node | None:
