@@ -254,6 +254,26 @@ def test_env_names_the_relay_without_a_choice_and_exits_3(relay: Relay, tmp_path
     assert (click.exit_code, click.stdout, click.stderr) == (3, fast.stdout, fast.stderr)
 
 
+def test_env_with_config_hands_out_each_relay_whose_choice_that_file_names(relay: Relay, tmp_path: Path, run, db_path: Path) -> None:
+    config = two_relays(relay, tmp_path)
+    assert run("pick", "--config", str(config)).exit_code == 0
+    both = console_env(db_path, "--config", str(config))
+    assert both.returncode == 0, both.stderr
+    assert both.stdout == console_env(db_path).stdout == run("env", "--shell", "bash", "--config", str(config)).stdout
+
+    # claude's chosen line (backup) taken out of the file: claude's variable is held back, whatai's still printed.
+    config.write_text(config.read_text().replace(f'      - {{name: backup, url: "{relay.base}/line/c-backup"}}\n', ""))
+    assert [line.name for line in load_setup(config).relay("claude").lines] == ["main"]
+    fast = console_env(db_path, "--config", str(config))
+    click = run("env", "--shell", "bash", "--config", str(config))
+    assert (fast.returncode, fast.stdout, fast.stderr) == (click.exit_code, click.stdout, click.stderr)
+    assert fast.returncode == 3
+    assert fast.stderr.startswith(f"linepicker: the last choice, backup at {relay.base}/line/c-backup, is not a line of {config}")
+    assert fast.stderr.rstrip().endswith("(relay claude)")
+    assert bash_values(fast.stdout, ["OPENAI_BASE_URL"]) == [relay.base + "/line/w-main/v1"]
+    assert "ANTHROPIC_BASE_URL" not in fast.stdout
+
+
 def test_each_relay_has_its_own_choice_pin_and_history(relay: Relay, tmp_path: Path, run, keys, db_path: Path) -> None:
     config = str(two_relays(relay, tmp_path))
     assert run("pick", "--config", config).exit_code == 0
