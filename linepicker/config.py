@@ -608,24 +608,21 @@ class _Validator:
 
     def refuse_clashes(self, relays: list[tuple[Config, dict[str, yaml.Node], yaml.Node]]) -> None:
         """A variable, or a key in a file, holds one line: two relays setting it would overwrite each other at every switch."""
-        claims: list[tuple[str, tuple[str, ...], str, int]] = []  # (relay, what it sets, how to say it, line)
-        for config, keys, node in relays:
-            at = keys["exports"] if "exports" in keys else node
-            line = at.start_mark.line + 1
+        claims: list[tuple[str, tuple[str, ...], int]] = []  # (relay, what it sets, the line that says so)
+        for config, keys, named_at in relays:
+            at = keys.get("exports", named_at)
+            default = "" if "exports" in keys else " (every variable, as no exports: is set)"
             for name in config.exports:
-                claim = ("export", name)
-                said = f"export {name}" + ("" if "exports" in keys else " (every variable, as no exports: is set)")
-                self.refuse_claim(claims, config.relay, claim, said, at)
-                claims.append((config.relay, claim, said, line))
+                self.claim(claims, config.relay, ("export", name), f"export {name}{default}", at)
             for path, key, what in target_keys(config):
-                claim = ("file", path, key)
-                self.refuse_claim(claims, config.relay, claim, f"write {what} in {path}", keys["targets"])
-                claims.append((config.relay, claim, "", keys["targets"].start_mark.line + 1))
+                self.claim(claims, config.relay, ("file", path, key), f"write {what} in {path}", keys["targets"])
 
-    def refuse_claim(self, claims: list[tuple[str, tuple[str, ...], str, int]], relay: str, claim: tuple[str, ...], said: str, node: yaml.Node) -> None:
-        for other, taken, _, line in claims:
+    def claim(self, claims: list[tuple[str, tuple[str, ...], int]], relay: str, claim: tuple[str, ...], said: str, node: yaml.Node) -> None:
+        """Refuse what another relay already claimed, naming both relays and lines; else record it."""
+        for other, taken, line in claims:
             if other != relay and _clash(claim, taken):
                 raise self.fail(node, f"relays {other!r} (line {line}) and {relay!r} both {said}: each would overwrite the other's choice")
+        claims.append((relay, claim, node.start_mark.line + 1))
 
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:

@@ -272,9 +272,9 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-# Applied by name, in this order, each once: a migration numbered 0005 or 0006 (from another
-# branch) that reaches a file after 0007 already ran is applied then, which is why each one
-# touches only its own tables and columns.
+# Applied by name, in this order, each once. A file may have run a higher number before a lower
+# one (0007 before 0005 and 0006, which were written side by side with it), so each migration
+# touches only its own tables and columns and assumes nothing of the others.
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
