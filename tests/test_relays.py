@@ -397,7 +397,8 @@ def test_a_database_from_before_relays_migrates_with_its_whole_history(tmp_path:
     db = tmp_path / "old.db"
     shutil.copy(FIXTURE, db)
     with sqlite3.connect(db) as conn:
-        before = {table: conn.execute(f"select * from {table} order by rowid").fetchall() for table in ("lines", "rounds", "samples", "hourly", "decisions")}
+        before = {table: conn.execute(f"select * from {table} order by rowid").fetchall() for table in ("lines", "rounds", "samples", "decisions")}
+        hours = conn.execute("select line_id, sum(samples), sum(successes) from hourly group by line_id").fetchall()
         assert conn.execute("select value from state where key = 'pinned'").fetchone() == ("b",)
         url = conn.execute("select url from lines where name = 'b'").fetchone()[0]
 
@@ -413,6 +414,8 @@ def test_a_database_from_before_relays_migrates_with_its_whole_history(tmp_path:
         for table, rows in before.items():
             after = conn.execute(f"select * from {table} order by rowid").fetchall()
             assert [row[: len(rows[0])] for row in after] == rows, f"{table} kept every row"
+        # 0005 folds that release's hourly rows (one per sample) into their hours: every sample still counted.
+        assert conn.execute("select line_id, sum(samples), sum(successes) from hourly group by line_id").fetchall() == hours
         assert {row[0] for row in conn.execute("select relay from lines union select relay from rounds union select relay from decisions")} == {"default"}
         assert conn.execute("select relay, key, value from state").fetchall() == [("default", "pinned", "b")]
         assert conn.execute("select name, exports from relays").fetchall() == [("default", "OPENAI_BASE_URL OPENAI_API_BASE ANTHROPIC_BASE_URL")]
@@ -435,20 +438,22 @@ def test_a_database_from_before_relays_migrates_with_its_whole_history(tmp_path:
 
 
 def test_migrations_are_applied_by_name_whatever_their_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A migration numbered below 0007 (another branch's 0005, say) reaching a file that already has 0007 runs then, once."""
+    """A migration numbered below 0007 (0006, written beside it) reaching a file that already has 0007 runs then, once."""
+    import linepicker.lastchoice as lastchoice_module
     import linepicker.store as store_module
 
     db = tmp_path / "lp.db"
     with Store(db):
         pass
     ran: list[str] = []
-    late = ("0005_from_elsewhere", lambda database: ran.append("0005"))
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS[:4], late, *MIGRATIONS[4:]])
+    late = ("0006_written_beside", lambda database: ran.append("0006"))
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS[:-1], late, MIGRATIONS[-1]])
+    monkeypatch.setattr(lastchoice_module, "MIGRATION_NAMES", (*lastchoice_module.MIGRATION_NAMES, late[0]))
     with Store(db) as store:
         store.scoped("x").record_decision("a", "https://a.example", None, "t", None)
     with Store(db):
         pass
-    assert ran == ["0005"]
+    assert ran == ["0006"]
 
 
 # ---------------------------------------------------------------- init, add, remove
