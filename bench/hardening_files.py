@@ -40,7 +40,8 @@ def roll_up_row(work: Path) -> list[str]:
         new_rows = store.conn.execute("select count(*) from hourly").fetchone()[0]
     old = work / "old.db"
     saved = store_module.MIGRATIONS
-    store_module.MIGRATIONS = MIGRATIONS[:4]  # a file of the previous release
+    # A file lacking 0005, as the previous release left it (0007_relays kept: this release's Store writes its rows).
+    store_module.MIGRATIONS = [migration for migration in MIGRATIONS if migration[0] != "0005_fold_hourly"]
     try:
         with Store(old) as store:
             ids = store.line_ids([Line("a", "https://a.example")])

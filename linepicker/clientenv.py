@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 
 SHELLS = ("bash", "zsh", "fish", "powershell", "cmd")
+DEFAULT_RELAY = "default"  # the one relay of a config with top-level `lines:`, and of every database before relays
+# Every variable a relay's choice can set, in the order they are printed; a relay's `exports:` picks among them.
+CLIENT_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_BASE_URL")
 
 # The start-up line for each shell, and where it goes. Each names its shell: $SHELL is the login
 # shell, not the one reading the file, so a bash started from fish would get fish syntax otherwise.
@@ -25,17 +28,25 @@ RC_LINES = {
 SYNTAX = {"bash": "posix", "zsh": "posix", "fish": "fish", "powershell": "powershell", "cmd": "cmd"}
 
 
-def client_env(url: str) -> dict[str, str]:
-    """What each client reads: the OpenAI SDKs want /v1, Claude Code the bare host."""
-    return {
+def client_env(url: str, exports: tuple[str, ...] | list[str] = CLIENT_VARIABLES) -> dict[str, str]:
+    """What each client reads: the OpenAI SDKs want /v1, Claude Code the bare host.
+
+    Only the variables in `exports` are set, so two relays can each own some of them.
+    """
+    forms = {
         "OPENAI_BASE_URL": f"{url}/v1",
         "OPENAI_API_BASE": f"{url}/v1",
         "ANTHROPIC_BASE_URL": url,
     }
+    return {name: value for name, value in forms.items() if name in exports}
 
 
-def shell_exports(url: str, shell: str) -> str:
-    variables = client_env(url)
+def shell_exports(url: str, shell: str, exports: tuple[str, ...] | list[str] = CLIENT_VARIABLES) -> str:
+    return format_exports(client_env(url, exports), shell)
+
+
+def format_exports(variables: dict[str, str], shell: str) -> str:
+    """Variables as lines the shell evaluates; no comment lines, which interactive zsh would run as commands."""
     return "".join(_export_line(name, value, shell) + "\n" for name, value in variables.items())
 
 

@@ -12,15 +12,16 @@ import os
 import re
 import shlex
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
 from . import APP_NAME
-from .errors import ConfigError
+from .clientenv import CLIENT_VARIABLES, DEFAULT_RELAY
+from .errors import ConfigError, UnknownLine, UnknownRelay
 from .urlmask import mask_userinfo
 
 CONFIG_NAME = "lines.yaml"
@@ -156,6 +157,8 @@ class Config:
     gateway: GatewaySettings | None = None  # None: no `gateway:` block, the daemon serves no gateway
     warnings: tuple[str, ...] = field(default=(), compare=False)
     notes: tuple[str, ...] = field(default=(), compare=False)  # normalised input: worth saying where the file is inspected, not on every run
+    relay: str = DEFAULT_RELAY  # which relay of the file these settings are; its choice, pin and history are its own
+    exports: tuple[str, ...] = CLIENT_VARIABLES  # the variables `env` and .env targets set from this relay's choice
 
     @property
     def active_lines(self) -> tuple[Line, ...]:
@@ -188,6 +191,88 @@ class Config:
             return None
         chat = ", and sending no chat (a relay refuses one without the key)" if self.probe.chat else ""
         return f"{self.key_env} is not set: probing without a key{chat}"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything one lines.yaml says: one relay (top-level `lines:`) or several (`relays:`), sharing one database.
+
+    Each relay is a Config of its own, so everything that works on one relay's
+    lines (probing, choosing, targets, doctor) takes the relay's Config unchanged.
+    """
+
+    source: Path
+    origin: str
+    relays: tuple[Config, ...]
+    retention: RetentionSettings = RetentionSettings()  # one database, one retention
+    named: bool = False  # the file has `relays:`; False: top-level `lines:`, one relay named `default`
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def of(cls, config: Config) -> "Setup":
+        """A single relay's settings as a whole setup, for callers that hold only a Config."""
+        return cls(config.source, config.origin, (config,), config.retention, config.relay != DEFAULT_RELAY, config.warnings, config.notes)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(config.relay for config in self.relays)
+
+    def relay(self, name: str) -> Config | None:
+        return next((config for config in self.relays if config.relay == name), None)
+
+    def select(self, names: Sequence[str] = ()) -> tuple[Config, ...]:
+        """The relays a `--relay` option names, in the file's order; every relay when it names none."""
+        if not names:
+            return self.relays
+        for name in names:
+            if self.relay(name) is None:
+                raise UnknownRelay(f"no relay named {name!r} in {self.source} (relays: {', '.join(self.names)})")
+        return tuple(config for config in self.relays if config.relay in names)
+
+    def line_urls(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Each relay's file and line URLs by name: what `env --config` checks a recorded choice against."""
+        return {config.relay: (str(config.source), {line.name: line.url for line in config.lines}) for config in self.relays}
+
+    def resolve_line(self, spec: str, relays: Sequence[str] = ()) -> tuple[Config, str]:
+        """`RELAY/LINE`, or `LINE` when one relay (of those `relays` names) has a line of that name."""
+        relay, slash, name = spec.rpartition("/")
+        candidates = self.select(relays)
+        pool = [self._relay_among(relay, candidates, spec)] if slash else candidates
+        having = [config for config in pool if config.line(name)]
+        if not having:
+            self._no_line(name, pool)
+        if len(having) > 1:
+            which = ", ".join(f"{config.relay}/{name}" for config in having)
+            raise ConfigError(f"several relays have a line named {name!r}: say which, as one of {which}")
+        return having[0], name
+
+    def line_filter(self, specs: Sequence[str], relays: Sequence[str] = ()) -> list[tuple[Config, tuple[str, ...]]]:
+        """The relays to show and, for each, the lines `--line` names there (none named: all of them)."""
+        candidates = self.select(relays)
+        if not specs:
+            return [(config, ()) for config in candidates]
+        chosen: dict[str, list[str]] = {}
+        for spec in specs:
+            relay, slash, name = spec.rpartition("/")
+            pool = [self._relay_among(relay, candidates, spec)] if slash else candidates
+            having = [config for config in pool if config.line(name)]
+            if not having:
+                self._no_line(name, pool)
+            for config in having:
+                chosen.setdefault(config.relay, []).append(name)
+        return [(config, tuple(chosen[config.relay])) for config in candidates if config.relay in chosen]
+
+    def _relay_among(self, relay: str, candidates: tuple[Config, ...], spec: str) -> Config:
+        config = self.select([relay])[0]
+        if config not in candidates:
+            raise UnknownRelay(f"{spec} names relay {relay!r}, which --relay leaves out")
+        return config
+
+    def _no_line(self, name: str, configs: Sequence[Config]) -> NoReturn:
+        known = ", ".join(f"{c.relay}/{line.name}" if self.named else line.name for c in configs for line in c.lines)
+        where = f" of relay {configs[0].relay!r}" if self.named and len(configs) == 1 else ""
+        raise UnknownLine(f"no line named {name!r}{where} in {self.source} (lines: {known})")
 
 
 @dataclass(frozen=True)
@@ -267,6 +352,11 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, s
 
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """A file of one relay, as a Config; a file with several relays is refused (callers that serve them read load_setup)."""
+    return _single(load_setup(explicit))
+
+
+def load_setup(explicit: str | os.PathLike[str] | None = None) -> Setup:
     path, origin = find_config(explicit)
     try:
         with path.open("rb") as handle:
@@ -275,11 +365,22 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, so not a lines.yaml")
-    return parse_config(data, path, origin)
+    return parse_setup(data, path, origin)
 
 
 def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Config:
-    """Parse config text; raises ConfigError and nothing else, whatever the input."""
+    """Parse the text of a one-relay config; raises ConfigError and nothing else, whatever the input."""
+    return _single(parse_setup(data, path, origin))
+
+
+def _single(setup: Setup) -> Config:
+    if len(setup.relays) > 1:
+        raise ConfigError(f"{setup.source}: has {len(setup.relays)} relays ({', '.join(setup.names)}), where one was expected")
+    return setup.relays[0]
+
+
+def parse_setup(data: bytes | str, path: Path, origin: str = "--config") -> Setup:
+    """Parse config text into every relay it declares; raises ConfigError and nothing else, whatever the input."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8-sig")
@@ -302,7 +403,7 @@ def parse_config(data: bytes | str, path: Path, origin: str = "--config") -> Con
         raise ConfigError(f"{path}:{line}: invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    return _Validator(path, origin).config(root)
+    return _Validator(path, origin).setup(root)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -455,10 +556,65 @@ class _Validator:
     def millis(self, node: yaml.Node, what: str) -> float:
         return self.number(node, what, _real, lambda v: 0 <= v < 3_600_000, "a number of milliseconds, 0 or more")
 
-    def config(self, root: yaml.Node | None) -> Config:
+    def setup(self, root: yaml.Node | None) -> Setup:
         if root is None:
             raise ConfigError(f"{self.path}:1: the config is empty: it needs at least a 'lines:' list")
-        top = self.mapping(root, "the config", {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch", "gateway"})
+        top = self.mapping(root, "the config", ONE_RELAY_KEYS | {"relays"})
+        retention = self.retention(top.get("retention"))
+        if "relays" not in top:
+            config = self.relay_config(top, root, DEFAULT_RELAY, retention)
+            return self.finished((config,), retention, named=False)
+        for key, node in top.items():
+            if key not in SHARED_KEYS:
+                raise self.fail(node, _MISPLACED.get(key, f"'{key}:' belongs inside a relay when the file has 'relays:'"))
+        relays = []
+        for name, named_at, node in self.relay_blocks(top["relays"]):
+            keys = self.mapping(node, f"relay {name!r}", RELAY_KEYS)
+            if "lines" not in keys:
+                raise self.fail(named_at, f"relay {name!r} has no 'lines:': list its BaseURLs there")
+            for shared in ("probe", "policy"):
+                keys[shared] = self.overlay(top.get(shared), keys.get(shared), shared)
+            if "on_switch" in top and "on_switch" not in keys:
+                keys["on_switch"] = top["on_switch"]
+            relays.append((self.relay_config(keys, node, name, retention), keys, named_at))
+        self.refuse_clashes(relays)
+        return self.finished(tuple(config for config, _, _ in relays), retention, named=True)
+
+    def finished(self, relays: tuple[Config, ...], retention: RetentionSettings, named: bool) -> Setup:
+        """Warnings and notes are the file's: every relay carries them all, and the setup says them once."""
+        warnings, notes = tuple(self.warnings), tuple(self.notes)
+        configs = tuple(replace(config, warnings=warnings, notes=notes) for config in relays)
+        return Setup(self.path, self.origin, configs, retention, named, warnings, notes)
+
+    def relay_blocks(self, node: yaml.Node) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """Each relay's name, the node naming it (where messages about the relay point) and its settings."""
+        if not isinstance(node, yaml.MappingNode) or not node.value:
+            raise self.fail(node, "relays must map each relay's name to its settings (key_env, exports, targets, lines)")
+        seen: dict[str, int] = {}
+        blocks = []
+        for key_node, value in node.value:
+            name = self.text(key_node, "relay name")
+            if not _NAME.match(name):
+                raise self.fail(key_node, f"relay name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+            if name in seen:
+                raise self.fail(key_node, f"duplicate relay name {name!r} (first on line {seen[name]})")
+            seen[name] = key_node.start_mark.line + 1
+            blocks.append((name, key_node, value))
+        return blocks
+
+    def overlay(self, shared: yaml.Node | None, own: yaml.Node | None, what: str) -> yaml.Node | None:
+        """A relay's probe:/policy: over the top-level one, key by key; the nodes keep their marks, so errors still name the line."""
+        if shared is None or own is None:
+            return own if shared is None else shared
+        for node in (shared, own):
+            if not isinstance(node, yaml.MappingNode):
+                raise self.fail(node, f"{what} must be a mapping")
+        mine = {key.value for key, _ in own.value if isinstance(key, yaml.ScalarNode)}
+        pairs = [(key, value) for key, value in shared.value if not (isinstance(key, yaml.ScalarNode) and key.value in mine)]
+        return yaml.MappingNode(own.tag, pairs + list(own.value), own.start_mark, own.end_mark)
+
+    def relay_config(self, top: dict[str, yaml.Node], root: yaml.Node, relay: str, retention: RetentionSettings) -> Config:
+        """One relay's settings: the whole file without `relays:`, or one block of it."""
         if "lines" not in top:
             raise self.fail(root, "missing 'lines:': list the relay's BaseURLs there")
         lines = self.lines(top["lines"])
@@ -473,6 +629,10 @@ class _Validator:
         probe = self.probe(top.get("probe"))
         if probe.chat is not None and not key_env:
             self.warn(top["probe"], "probe.chat is skipped: there is no key_env, and a relay refuses a chat without the key")
+        exports = self.exports(top["exports"]) if "exports" in top else CLIENT_VARIABLES
+        targets = self.targets(top.get("targets"), key_env)
+        if targets.dotenv and not exports:
+            raise self.fail(top["targets"], f"targets.dotenv sets the variables in exports:, and relay {relay!r} exports none")
         return Config(
             source=self.path,
             origin=self.origin,
@@ -481,13 +641,46 @@ class _Validator:
             probe=probe,
             policy=self.policy(top.get("policy")),
             exclude=exclude,
-            targets=self.targets(top.get("targets"), key_env),
-            retention=self.retention(top.get("retention")),
+            targets=targets,
+            retention=retention,
             on_switch=self.command(top["on_switch"]) if "on_switch" in top else (),
             gateway=self.gateway(top["gateway"]) if "gateway" in top else None,
-            warnings=tuple(self.warnings),
-            notes=tuple(self.notes),
+            relay=relay,
+            exports=exports,
         )
+
+    def exports(self, node: yaml.Node) -> tuple[str, ...]:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        names: list[str] = []
+        for item in items:
+            name = self.text(item, "exports entry")
+            if name not in CLIENT_VARIABLES:
+                raise self.fail(item, f"exports: {name!r} is not a variable linepicker sets (known: {', '.join(CLIENT_VARIABLES)})")
+            if name in names:
+                raise self.fail(item, f"exports lists {name} twice")
+            names.append(name)
+        return tuple(name for name in CLIENT_VARIABLES if name in names)
+
+    def refuse_clashes(self, relays: list[tuple[Config, dict[str, yaml.Node], yaml.Node]]) -> None:
+        """A variable, a key in a file or a gateway's address holds one line: two relays sharing it would overwrite each other at every switch."""
+        claims: list[tuple[str, tuple[str, ...], int]] = []  # (relay, what it sets, the line that says so)
+        for config, keys, named_at in relays:
+            at = keys.get("exports", named_at)
+            default = "" if "exports" in keys else " (every variable, as no exports: is set)"
+            for name in config.exports:
+                self.claim(claims, config.relay, ("export", name), f"export {name}{default}", at)
+            for path, key, what in target_keys(config):
+                self.claim(claims, config.relay, ("file", path, key), f"write {what} in {path}", keys["targets"])
+            if config.gateway is not None and config.gateway.listen.port:
+                address = f"{config.gateway.listen.host}:{config.gateway.listen.port}"
+                self.claim(claims, config.relay, ("listen", address), f"serve a gateway on {address}", keys["gateway"])
+
+    def claim(self, claims: list[tuple[str, tuple[str, ...], int]], relay: str, claim: tuple[str, ...], said: str, node: yaml.Node) -> None:
+        """Refuse what another relay already claimed, naming both relays and lines; else record it."""
+        for other, taken, line in claims:
+            if other != relay and _clash(claim, taken):
+                raise self.fail(node, f"relays {other!r} (line {line}) and {relay!r} both {said}: each would overwrite the other's choice")
+        claims.append((relay, claim, node.start_mark.line + 1))
 
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:
@@ -783,6 +976,34 @@ def parse_size(value: object) -> int:
         raise ValueError(f"expected a size such as 65536, '64 KiB' or '32 MiB', got {value!r}")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+ONE_RELAY_KEYS = {"key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch", "gateway"}
+RELAY_KEYS = {"key_env", "exports", "probe", "policy", "lines", "exclude", "targets", "on_switch", "gateway"}
+SHARED_KEYS = {"relays", "probe", "policy", "retention", "on_switch"}  # beside relays:, defaults every relay may override
+_MISPLACED = {
+    "key_env": "key_env: belongs inside each relay when the file has 'relays:' (a relay's key sent to another relay's lines would leak it)",
+    "lines": "lines: belongs inside a relay when the file has 'relays:' (or drop 'relays:' for a single relay)",
+}
+
+
+def target_keys(config: Config) -> list[tuple[str, str, str]]:
+    """What each target of a relay writes: (the file, resolved; the key in it, '' for the whole file; how to say it)."""
+    targets = config.targets
+    keys = [(path, name, name) for path in targets.dotenv for name in config.exports]
+    keys += [(path, "env.ANTHROPIC_BASE_URL", "env.ANTHROPIC_BASE_URL") for path in targets.claude_settings]
+    keys += [(t.path, f"model_providers.{t.provider}.base_url", f"[model_providers.{t.provider}] base_url") for t in targets.codex]
+    keys += [(t.path, "", "the whole file (a template)") for t in targets.template]
+    return [(os.path.realpath(path), key, what) for path, key, what in keys]
+
+
+def _clash(claim: tuple[str, ...], taken: tuple[str, ...]) -> bool:
+    """The same variable or gateway address; or the same file and the same key in it, or a template that owns the whole file."""
+    if claim[0] != taken[0]:
+        return False
+    if claim[0] != "file":
+        return claim == taken
+    return claim[1] == taken[1] and (claim[2] == taken[2] or "" in (claim[2], taken[2]))
 
 
 def _real(value: Any) -> float:

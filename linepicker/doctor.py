@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from . import jsonedit
 from .config import CODEX_BUILTIN_PROVIDERS, Config, Line
-from .clientenv import RC_LINES, SHELLS, SYNTAX, client_env, detect_shell
+from .clientenv import CLIENT_VARIABLES, RC_LINES, SHELLS, SYNTAX, client_env, detect_shell
 from .gatewaylease import live_gateway
 from .probe.outcomes import AUTH
 from .probe.timing import proxy_for
@@ -49,19 +49,24 @@ class Diagnosis:
 
 
 def diagnose(config: Config, store: Store) -> Diagnosis:
-    """Judge this shell (its environment, HOME and current directory) against the choice in the store."""
+    """Judge this shell (its environment, HOME and current directory) against the relay's choice in the store.
+
+    Only the variables the relay exports are its business: another relay's are judged against that relay's choice.
+    """
     environ, home, cwd = os.environ, Path.home(), Path.cwd()
+    store = store.scoped(config.relay)
     choice = store.choice()
     findings: list[Finding] = []
     checked: list[str] = []
     if choice is None:
         findings.append(Finding(ERROR, "no line has been chosen yet, so there is nothing for clients to use", str(store.path), "run: linepicker pick"))
-    handed = (live_gateway(str(store.path)) or choice.url) if choice else None  # what `env` and the targets give out now
-    expected = client_env(handed) if handed else None
+    handed = (live_gateway(str(store.path), store.relay) or choice.url) if choice else None  # what `env` and the targets give out now
+    expected = client_env(handed, config.exports) if handed else None
     if expected:
         findings += _environment(environ, expected)
-    findings += _rc_files(home, environ, expected, checked)
-    findings += _claude_settings(config, home, cwd, environ, handed, checked)
+    findings += _rc_files(home, environ, expected, checked, config.exports)
+    if "ANTHROPIC_BASE_URL" in config.exports or config.targets.claude_settings:
+        findings += _claude_settings(config, home, cwd, environ, handed, checked)
     findings += _codex(config, environ, checked)
     if choice:
         findings += _key(config, store, choice)
@@ -141,7 +146,9 @@ class _Assignment:
     value: str
 
 
-def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] | None, checked: list[str]) -> list[Finding]:
+def _rc_files(
+    home: Path, environ: Mapping[str, str], expected: dict[str, str] | None, checked: list[str], names: tuple[str, ...] = CLIENT_VARIABLES
+) -> list[Finding]:
     findings = []
     for shell, paths in _rc_families(home, environ):
         syntax = SYNTAX[shell]
@@ -165,7 +172,7 @@ def _rc_files(home: Path, environ: Mapping[str, str], expected: dict[str, str] |
                         last_eval = position
                     continue
                 assignment = _fixed_assignment(path, number, raw, syntax)
-                if assignment:
+                if assignment and assignment.name in names:
                     fixed.append((assignment, position))
         for assignment, position in fixed:
             if position < last_eval:

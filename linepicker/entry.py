@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-from .clientenv import SHELLS, detect_shell, shell_exports
+from .clientenv import SHELLS, detect_shell, format_exports
 from .errors import ExitStatus, LinepickerError
 from .gatewaylease import live_gateway
-from .lastchoice import NO_CHOICE, last_choice, outside_config
+from .lastchoice import choice_env, last_choice, merged_env, relay_choices
 
 def _quick_db_path(explicit: str | None) -> str | None:
     """--db, LINEPICKER_DB, else platformdirs' user data dir on Linux; None: leave it to platformdirs.
@@ -63,28 +63,30 @@ def _quick_env(options: dict[str, str]) -> int | None:
     if path is None:
         return None
     try:
-        config = _config_lines(options["--config"]) if options.get("--config") else None
-        row = last_choice(path)
+        config = _config_relays(options["--config"]) if options.get("--config") else None
+        if config is None:
+            relays = relay_choices(path)
+        else:
+            relays = [(relay, exports, last_choice(path, relay)) for relay, exports, _ in config]
     except LinepickerError as exc:
         print(f"linepicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if row is None:
-        print(NO_CHOICE, file=sys.stderr)
-        return ExitStatus.NO_ELIGIBLE
-    if config is not None and (outside := outside_config(config[0], row[0], row[1], config[1].get(row[0]))):
-        print(outside, file=sys.stderr)
-        return ExitStatus.NO_ELIGIBLE
-    sys.stdout.write(shell_exports(live_gateway(path) or row[1], options.get("--shell") or detect_shell()))
-    return ExitStatus.OK
+    gateways = {relay: url for relay, _, _ in relays if (url := live_gateway(path, relay))}
+    handed, missing = choice_env(relays, {relay: lines for relay, _, lines in config} if config is not None else None, gateways)
+    for message in missing:
+        print(message, file=sys.stderr)
+    sys.stdout.write(format_exports(merged_env(handed), options.get("--shell") or detect_shell()))
+    return ExitStatus.NO_ELIGIBLE if missing else ExitStatus.OK
 
 
-def _config_lines(path: str) -> tuple[str, dict[str, str]]:
-    """The config's file name and its lines' URLs by name. Read only when asked for:
-    YAML is the one import a plain `env` must not pay."""
-    from .config import load_config
+def _config_relays(path: str) -> list[tuple[str, tuple[str, ...], tuple[str, dict[str, str]]]]:
+    """Each relay of the config: its name, its exports, and the file with its lines' URLs by name.
+    Read only when asked for: YAML is the one import a plain `env` must not pay."""
+    from .config import load_setup
 
-    config = load_config(path)
-    return str(config.source), {line.name: line.url for line in config.lines}
+    setup = load_setup(path)
+    lines = setup.line_urls()
+    return [(config.relay, config.exports, lines[config.relay]) for config in setup.relays]
 
 
 def main() -> None:

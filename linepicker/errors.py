@@ -37,3 +37,7 @@ class TargetError(LinepickerError):
 
 class UnknownLine(ConfigError):
     """A line name given by the user that the config does not have."""
+
+
+class UnknownRelay(ConfigError):
+    """A relay name given by the user (`--relay`, `pin RELAY/LINE`) that the config or the database does not have."""

@@ -1,6 +1,7 @@
 """Whether a daemon serving the gateway is alive, answered cheaply enough for `env` in every new shell.
 
-While it serves, the daemon holds an exclusive flock on `<db>.gateway`, a file
+While it serves a relay's gateway, the daemon holds an exclusive flock on
+`<db>.gateway` (`<db>.gateway.<relay>` for a relay other than `default`), a file
 that says where (its pid and the gateway's URL). A reader that can take the
 lock itself knows no daemon holds it, so the file is stale: a daemon that
 crashed, was killed or was stopped took its lock with it. Clients are then
@@ -12,18 +13,21 @@ from __future__ import annotations
 
 import os
 
+from .clientenv import DEFAULT_RELAY
+
 LEASE_SUFFIX = ".gateway"
 MAX_LEASE_BYTES = 512
 
 
-def lease_path(db_path: str) -> str:
-    return db_path + LEASE_SUFFIX
+def lease_path(db_path: str, relay: str = DEFAULT_RELAY) -> str:
+    """One file per relay, as each relay has a gateway of its own; `default` keeps the name it had before relays."""
+    return db_path + LEASE_SUFFIX + ("" if relay == DEFAULT_RELAY else f".{relay}")
 
 
-def live_gateway(db_path: str) -> str | None:
-    """The URL of the gateway a live daemon serves for this database, or None."""
+def live_gateway(db_path: str, relay: str = DEFAULT_RELAY) -> str | None:
+    """The URL of the gateway a live daemon serves for this relay of this database, or None."""
     try:
-        fd = os.open(lease_path(db_path), os.O_RDONLY)
+        fd = os.open(lease_path(db_path, relay), os.O_RDONLY)
     except OSError:  # no daemon ever served a gateway here: the usual case costs one failed open, not an import
         return None
     try:
@@ -54,8 +58,8 @@ def _url(text: bytes) -> str | None:
 class GatewayLease:
     """Held by the daemon for as long as its gateway serves: taken once it listens, given up before it stops."""
 
-    def __init__(self, db_path: str, url: str):
-        self.path = lease_path(db_path)
+    def __init__(self, db_path: str, url: str, relay: str = DEFAULT_RELAY):
+        self.path = lease_path(db_path, relay)
         self.url = url
         self._fd: int | None = None
 

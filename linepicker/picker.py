@@ -2,6 +2,7 @@
 
 This is the core that the CLI and the daemon both call, so a `pick` and a
 daemon round record and decide alike; it knows nothing of how results are shown.
+Everything here works on one relay (`config.relay`): the store is seen from it.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ async def measure(
     """
     from .probe.round import probe_round  # here, not at the top: asyncio, ssl and aiohttp cost `status` ≈ 40 ms
 
+    store = store.scoped(config.relay)
+
     lines = config.active_lines if lines is None else lines
     line_ids = store.line_ids(lines) if line_ids is None else line_ids
     round_id = store.start_round(kind)
@@ -174,6 +177,7 @@ def choose(
 
     `previous` is the choice in force before the round, as the caller read it.
     """
+    store = store.scoped(config.relay)
     verdict = policy.decide(stats, previous.name if previous else None, config.policy, store.pinned())
     chosen = _record_choice(config, store, verdict, previous, round_id)
     if round_id is not None:
@@ -190,7 +194,7 @@ def hand_out(config: Config, verdict: Verdict, chosen: Decision | None, via: str
 
     if chosen is None or verdict.chosen is None:
         return [], []
-    return targets.write_targets(config.targets, chosen.name, via or chosen.url)
+    return targets.write_targets(config.targets, chosen.name, via or chosen.url, config.exports)
 
 
 async def run_round(
@@ -202,6 +206,7 @@ async def run_round(
 ) -> RoundResult:
     """A one-shot round: `pick` when choosing (and stopping as soon as the choice is settled), `probe` when not."""
     started = time.perf_counter()
+    store = store.scoped(config.relay)
     line_ids = store.line_ids(config.active_lines)
     history = store.window(line_ids, time.time() - config.policy.window)
     settled = None
@@ -224,7 +229,7 @@ async def run_round(
         store.finish_round(round_id, None, "probe only")
         return RoundResult(round_id, reports, time.perf_counter() - started)
     verdict, chosen = choose(config, store, [r.stats for r in reports], round_id, previous)
-    results, errors = hand_out(config, verdict, chosen, via=live_gateway(str(store.path)))
+    results, errors = hand_out(config, verdict, chosen, via=live_gateway(str(store.path), store.relay))
     return RoundResult(round_id, reports, time.perf_counter() - started, verdict, chosen, results, errors)
 
 
@@ -260,6 +265,7 @@ class Status:
 
 def status(config: Config, store: Store) -> Status:
     """The record as the policy sees it now, without probing."""
+    store = store.scoped(config.relay)
     lines = config.active_lines
     line_ids = store.line_ids(lines)
     window = store.window(line_ids, time.time() - config.policy.window)
@@ -278,6 +284,7 @@ def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[
     """Pinning takes effect at once: the choice, `env` and the target files all follow it now."""
     from . import targets
 
+    store = store.scoped(config.relay)
     line = config.line(name)
     if line is None:
         known = ", ".join(line.name for line in config.lines)
@@ -286,5 +293,5 @@ def pin(config: Config, store: Store, name: str) -> tuple[Decision | None, list[
     previous = store.choice()
     if not previous or previous.name != line.name or previous.url != line.url:
         store.record_decision(line.name, line.url, previous.name if previous else None, "pinned by hand", None)
-    results, errors = targets.write_targets(config.targets, line.name, live_gateway(str(store.path)) or line.url)
+    results, errors = targets.write_targets(config.targets, line.name, live_gateway(str(store.path), store.relay) or line.url, config.exports)
     return store.choice(), results, errors

@@ -8,6 +8,7 @@ opens in every later one. No secret is ever written here.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sqlite3
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import APP_NAME
+from .clientenv import CLIENT_VARIABLES, DEFAULT_RELAY
 from .errors import StoreError
-from .lastchoice import BUSY_TIMEOUT_S, CHOICE_QUERY, last_choice, open_read_only, refuse_newer
+from .lastchoice import BUSY_TIMEOUT_S, RELAY_CHOICE_QUERY, last_choice, open_read_only, refuse_newer
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from .config import Line
+    from .config import Config, Line
     from .probe.chat import ChatSample
     from .probe.sample import Sample
     from .traffic import Attempt, TrafficSummary
@@ -106,9 +108,9 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else default_db_path()
 
 
-def read_choice(path: Path) -> Decision | None:
-    """The last decision, read-only and with the standard library alone, as `env` reads it."""
-    row = last_choice(str(path))
+def read_choice(path: Path, relay: str = DEFAULT_RELAY) -> Decision | None:
+    """A relay's last decision, read-only and with the standard library alone, as `env` reads it."""
+    row = last_choice(str(path), relay)
     return Decision(*row) if row else None
 
 
@@ -275,6 +277,43 @@ def _migration_6(db: "sqlite_utils.Database") -> None:
     db["traffic"].create_index(["started_at"])
 
 
+def _migration_7(db: "sqlite_utils.Database") -> None:
+    """Several relays in one file: a relay in the identity of lines, and in rounds, decisions and pins.
+
+    Everything recorded before belongs to relay `default`, the one relay of a
+    config with top-level `lines:`, so its history, choice and pin carry on.
+    Samples, chats and hourly rows reach their relay through their line. It
+    reads and changes only these tables, so it runs alike before or after any
+    other migration numbered near it.
+    """
+    conn = db.conn
+    for table in ("lines", "rounds", "decisions"):
+        conn.execute(f"alter table {table} add column relay text not null default {DEFAULT_RELAY!r}")
+    for name, unique in [(row[1], row[2]) for row in conn.execute("pragma index_list(lines)")]:
+        columns = [row[2] for row in conn.execute(f"pragma index_info({_quote(name)})")]
+        if unique and columns == ["name", "url"]:
+            conn.execute(f"drop index {_quote(name)}")
+    conn.execute("create unique index idx_lines_relay_name_url on lines (relay, name, url)")
+    conn.execute("create index idx_decisions_relay_id on decisions (relay, id)")
+    conn.execute(
+        f"create table state_by_relay (relay text not null default {DEFAULT_RELAY!r}, key text not null, value text, primary key (relay, key))"
+    )
+    conn.execute(f"insert into state_by_relay (relay, key, value) select {DEFAULT_RELAY!r}, key, value from state")
+    conn.execute("drop table state")
+    conn.execute("alter table state_by_relay rename to state")
+    # What `env` prints, which it cannot learn from lines.yaml (it reads no YAML): each relay's variables, in order.
+    conn.execute("create table relays (name text primary key, exports text not null, position integer not null)")
+    if conn.execute("select 1 from decisions limit 1").fetchone():
+        conn.execute("insert into relays (name, exports, position) values (?, ?, 0)", [DEFAULT_RELAY, " ".join(CLIENT_VARIABLES)])
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# Applied by name, in this order, each once. A file may have run a higher number before a lower
+# one (0007 before 0005 and 0006, which were written side by side with it), so each migration
+# touches only its own tables and columns and assumes nothing of the others.
 MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0001_initial", _migration_1),
     ("0002_hourly", _migration_2),
@@ -282,10 +321,19 @@ MIGRATIONS: list[tuple[str, Callable[["sqlite_utils.Database"], None]]] = [
     ("0004_chats", _migration_4),
     ("0005_fold_hourly", _migration_5),
     ("0006_traffic", _migration_6),
+    ("0007_relays", _migration_7),
 ]
 
 
 class Store:
+    """The database, seen from one relay: `relay` scopes lines, rounds, decisions and the pin.
+
+    `scoped(name)` gives another relay's view over the same connection, so the
+    core (picker, doctor, history) works on a relay without knowing of others.
+    """
+
+    relay: str = DEFAULT_RELAY
+
     def __init__(self, path: Path):
         self.path = path
         self.read_only = False  # True: opened where nothing can be written (see _open_read_only)
@@ -344,6 +392,40 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def scoped(self, relay: str) -> "Store":
+        """The same database and connection, seen from another relay; close the Store it came from, not this."""
+        view = copy.copy(self)
+        view.relay = relay
+        return view
+
+    def set_relays(self, configs: Sequence["Config"]) -> None:
+        """Record the relays a config declares and what each exports, for `env`, which reads no YAML.
+
+        The whole list is replaced: a relay taken out of lines.yaml stops being
+        printed by `env`, while its history stays.
+        """
+        rows = [(config.relay, " ".join(config.exports), position) for position, config in enumerate(configs)]
+
+        def replace() -> None:
+            if self.conn.execute("select name, exports, position from relays order by position").fetchall() == rows:
+                return  # an unchanged list is not rewritten: `pick` beside a daemon takes no write lock for it
+            self.conn.execute("delete from relays")
+            self.conn.executemany("insert into relays (name, exports, position) values (?, ?, ?)", rows)
+
+        self._write(replace)
+
+    def relay_names(self) -> list[str]:
+        """Relays this database knows: those a config recorded, and any with a pin or a decision."""
+        rows = self.conn.execute(
+            "select name from (select name, position from relays union all select relay, 1e9 from state "
+            "union all select relay, 1e9 from decisions) group by name order by min(position), name"
+        )
+        return [row[0] for row in rows]
+
+    def pins(self) -> dict[str, str]:
+        """Every relay's pin: relay -> line."""
+        return dict(self.conn.execute("select relay, value from state where key = 'pinned' order by relay").fetchall())
 
     def __enter__(self) -> "Store":
         return self
@@ -408,10 +490,10 @@ class Store:
             raise StoreError(f"{self.path}: write failed: {_explain(exc)}") from None
 
     def line_ids(self, lines: Sequence["Line"]) -> dict[str, int]:
-        """A line is its name and URL: history under a changed URL is another line's."""
+        """A line is its relay, name and URL: history under a changed URL is another line's, and two relays may both have a `main`."""
 
         def find(line: "Line") -> int | None:
-            row = self.conn.execute("select id from lines where name = ? and url = ?", [line.name, line.url]).fetchone()
+            row = self.conn.execute("select id from lines where relay = ? and name = ? and url = ?", [self.relay, line.name, line.url]).fetchone()
             return row[0] if row else None
 
         if self.read_only:
@@ -424,7 +506,9 @@ class Store:
                 found = find(line)
                 if found is None:
                     # Or-ignore: another process that started at the same moment may have inserted it since the select.
-                    self.db.execute("insert or ignore into lines (name, url, first_seen) values (?, ?, ?)", [line.name, line.url, time.time()])
+                    self.db.execute(
+                        "insert or ignore into lines (relay, name, url, first_seen) values (?, ?, ?, ?)", [self.relay, line.name, line.url, time.time()]
+                    )
                     found = find(line)
                 ids[line.name] = found
             return ids
@@ -432,7 +516,7 @@ class Store:
         return self._write(upsert)  # type: ignore[return-value]
 
     def start_round(self, kind: str) -> int:
-        return self._write(lambda: self.db["rounds"].insert({"kind": kind, "started_at": time.time()}).last_pk)  # type: ignore[return-value]
+        return self._write(lambda: self.db["rounds"].insert({"kind": kind, "started_at": time.time(), "relay": self.relay}).last_pk)  # type: ignore[return-value]
 
     def add_samples(self, round_id: int, line_ids: dict[str, int], samples: Iterable["Sample"]) -> None:
         rows = [
@@ -561,32 +645,33 @@ class Store:
         return {name: up for name, (_, up) in result.items()}
 
     def choice(self) -> Decision | None:
-        row = self.conn.execute(CHOICE_QUERY).fetchone()
+        row = self.conn.execute(RELAY_CHOICE_QUERY, [self.relay]).fetchone()
         return Decision(*row) if row else None
 
     def record_decision(self, name: str, url: str, previous: str | None, reason: str, round_id: int | None) -> None:
         self._write(
             lambda: self.db["decisions"].insert(
-                {"decided_at": time.time(), "name": name, "url": url, "previous": previous, "reason": reason, "round_id": round_id}
+                {"decided_at": time.time(), "name": name, "url": url, "previous": previous, "reason": reason, "round_id": round_id, "relay": self.relay}
             )
         )
 
     def decisions(self, limit: int = 10, since: float = 0.0) -> list[Decision]:
         """Newest first."""
         rows = self.conn.execute(
-            "select name, url, previous, reason, decided_at from decisions where decided_at >= ? order by id desc limit ?", [since, limit]
+            "select name, url, previous, reason, decided_at from decisions where relay = ? and decided_at >= ? order by id desc limit ?",
+            [self.relay, since, limit],
         ).fetchall()
         return [Decision(*row) for row in rows]
 
     def pinned(self) -> str | None:
-        row = self.conn.execute("select value from state where key = 'pinned'").fetchone()
+        row = self.conn.execute("select value from state where relay = ? and key = 'pinned'", [self.relay]).fetchone()
         return row[0] if row else None
 
     def set_pinned(self, name: str | None) -> None:
         if name is None:
-            self._write(lambda: self.db.execute("delete from state where key = 'pinned'"))
+            self._write(lambda: self.conn.execute("delete from state where relay = ? and key = 'pinned'", [self.relay]))
         else:
-            self._write(lambda: self.db["state"].upsert({"key": "pinned", "value": name}, pk="key"))
+            self._write(lambda: self.conn.execute("insert or replace into state (relay, key, value) values (?, 'pinned', ?)", [self.relay, name]))
 
     def samples_since(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[float, bool, float | None]]]:
         """Finished samples per line since a time: (started_at, success, ttfb_ms), oldest first, for charts over time."""
@@ -668,8 +753,8 @@ class Store:
         """The samples of the newest round that measured this line, as `doctor` judges the line by how it answers now."""
         rows = self.conn.execute(
             "select s.round_id, s.outcome, s.status, s.error, s.key_sent, s.started_at from samples s "
-            "join lines l on l.id = s.line_id where l.name = ? and l.url = ? order by s.started_at desc limit 100",
-            [name, url],
+            "join lines l on l.id = s.line_id where l.relay = ? and l.name = ? and l.url = ? order by s.started_at desc limit 100",
+            [self.relay, name, url],
         ).fetchall()
         latest = rows[0][0] if rows else None
         return [RoundSample(outcome, status, error, bool(key_sent), at) for round_id, outcome, status, error, key_sent, at in rows if round_id == latest]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from . import jsonedit
 from .dotenvedit import render as render_dotenv
 from .errors import TargetError
-from .clientenv import client_env
+from .clientenv import CLIENT_VARIABLES, client_env
 from .fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -30,14 +30,14 @@ class TargetResult:
     changed: bool  # False: the file already said this
 
 
-def update_dotenv(path: Path, url: str) -> TargetResult:
-    """Set our keys in a .env file where its readers see them (see dotenvedit), and keep every other byte."""
+def update_dotenv(path: Path, url: str, exports: tuple[str, ...] = CLIENT_VARIABLES) -> TargetResult:
+    """Set our keys (the relay's exports) in a .env file where its readers see them (see dotenvedit), and keep every other byte."""
     try:
         original = path.read_bytes().decode("utf-8") if path.exists() else None
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetError(f"{path}: cannot read: {exc}") from None
     try:
-        updated = render_dotenv(original or "", client_env(url))
+        updated = render_dotenv(original or "", client_env(url, exports))
     except ValueError as exc:
         raise TargetError(f"{path}: {exc}; left untouched") from None
     return _write_if_changed("dotenv", path, original, updated)
@@ -128,16 +128,17 @@ def update_template(target: "TemplateTarget", name: str, url: str) -> TargetResu
     return _write_if_changed("template", target.path, original, render_template(target.template, name, url))
 
 
-def write_targets(targets: "Targets", name: str, url: str) -> tuple[list[TargetResult], list[str]]:
+def write_targets(targets: "Targets", name: str, url: str, exports: tuple[str, ...] = CLIENT_VARIABLES) -> tuple[list[TargetResult], list[str]]:
     """Update every configured file for line `name` at `url`; one broken file does not stop the others.
 
+    .env files get the relay's `exports`, so two relays can share one file, each setting its own variables.
     Besides the failures each writer names, any OSError or ValueError out of one (a file
     holding text no encoder takes, say) is that target's error too: the later targets and
     on_switch still run.
     """
     results: list[TargetResult] = []
     errors: list[str] = []
-    writers: list[tuple[Path, Callable[[], TargetResult]]] = [(path, functools.partial(update_dotenv, path, url)) for path in targets.dotenv]
+    writers: list[tuple[Path, Callable[[], TargetResult]]] = [(path, functools.partial(update_dotenv, path, url, exports)) for path in targets.dotenv]
     writers += [(path, functools.partial(update_claude_settings, path, url)) for path in targets.claude_settings]
     writers += [(target.path, functools.partial(update_codex, target, url)) for target in targets.codex]
     writers += [(target.path, functools.partial(update_template, target, name, url)) for target in targets.template]

@@ -260,11 +260,12 @@ def test_status_api_and_metrics_agree_with_the_database(relay: Relay, write_conf
     assert m_code == 200 and m_type.startswith("text/plain")
     families = {family.name: family for family in text_string_to_metric_families(m_body)}
     values = {(f.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-    assert values[("linepicker_line_chosen", (("line", "a"),))] == 1
-    assert values[("linepicker_line_chosen", (("line", "b"),))] == 0
-    assert values[("linepicker_line_up", (("line", "b"),))] == 0
-    assert values[("linepicker_line_success_ratio", (("line", "a"),))] == 1
-    assert values[("linepicker_line_phase_seconds", (("line", "a"), ("phase", "ttfb")))] > 0.004
+    relay = ("relay", "default")  # the one relay of a config with top-level lines:
+    assert values[("linepicker_line_chosen", (("line", "a"), relay))] == 1
+    assert values[("linepicker_line_chosen", (("line", "b"), relay))] == 0
+    assert values[("linepicker_line_up", (("line", "b"), relay))] == 0
+    assert values[("linepicker_line_success_ratio", (("line", "a"), relay))] == 1
+    assert values[("linepicker_line_phase_seconds", (("line", "a"), ("phase", "ttfb"), relay))] > 0.004
     assert families["linepicker_rounds"].type == "counter"
     assert "linepicker_last_round_timestamp_seconds" in families
 

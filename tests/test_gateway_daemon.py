@@ -190,3 +190,96 @@ def test_a_gateway_port_in_use_is_one_line_not_a_traceback(api: ApiRelay, write_
         _, err = process.communicate(timeout=20)
     assert process.returncode == 2, err
     assert f"gateway.listen 127.0.0.1:{port}: cannot bind" in err and "Traceback" not in err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_each_relay_serves_its_own_gateway_to_its_own_lines(api: ApiRelay, tmp_path: Path, db_path: Path) -> None:
+    """Two relays, two gateways: each hands out its own address for its own variables and forwards
+    only to its own lines; metrics say which relay; a stopped daemon hands the lines back."""
+    import anthropic
+    import textwrap
+
+    ports = {"whatai": free_port(), "claude": free_port()}
+    config = tmp_path / "lines.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        probe: {{timeout: 2, samples: 1, interval: 1, down_interval: 1}}
+        relays:
+          whatai:
+            exports: [OPENAI_BASE_URL]
+            gateway: {{listen: 127.0.0.1:{ports["whatai"]}}}
+            lines:
+              - {{name: w1, url: "{api.url("w1")}"}}
+          claude:
+            probe: {{api: anthropic}}
+            exports: [ANTHROPIC_BASE_URL]
+            gateway: {{listen: 127.0.0.1:{ports["claude"]}}}
+            lines:
+              - {{name: c1, url: "{api.url("c1")}"}}
+        """))
+    listen = free_port()
+    process = start_daemon_process(config, db_path, "--listen", f"127.0.0.1:{listen}")
+    gateways = {relay: f"http://127.0.0.1:{port}" for relay, port in ports.items()}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(live_gateway(str(db_path), relay) for relay in ports):
+            time.sleep(0.1)
+        served = env_exports(db_path)
+        while time.monotonic() < deadline and not ("OPENAI_BASE_URL" in served and "ANTHROPIC_BASE_URL" in served):
+            time.sleep(0.2)
+            served = env_exports(db_path)
+        text, line = stream_text(gateways["whatai"])
+        message = anthropic.Anthropic(base_url=gateways["claude"], api_key=KEY, max_retries=0, timeout=10).messages.create(
+            model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        time.sleep(1.2)  # the gateway writes its evidence once a second
+        exposition = urllib_get(f"http://127.0.0.1:{listen}/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert f"export OPENAI_BASE_URL='{gateways['whatai']}/v1'" in served
+    assert f"export ANTHROPIC_BASE_URL='{gateways['claude']}'" in served
+    assert line == "w1" and text.startswith("w10"), "the whatai gateway forwards to whatai's line"
+    assert message.content[0].text.startswith("c10"), "the claude gateway forwards to claude's line"
+    assert not [r for r in api.requests["c1"] if r["path"] == "v1/chat/completions"], "no request crosses to the other relay"
+    requests = {(s.labels["relay"], s.labels["line"]) for f in text_string_to_metric_families(exposition) for s in f.samples
+                if s.name == "linepicker_gateway_requests_total"}
+    assert requests == {("whatai", "w1"), ("claude", "c1")}
+    assert KEY not in err and KEY not in exposition
+    after = env_exports(db_path)
+    assert f"export OPENAI_BASE_URL='{api.url('w1')}/v1'" in after and f"export ANTHROPIC_BASE_URL='{api.url('c1')}'" in after
+    assert all(live_gateway(str(db_path), relay) is None for relay in ports)
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def test_two_relays_on_one_gateway_address_is_a_config_error_naming_both(tmp_path: Path) -> None:
+    from linepicker.config import parse_setup
+    from linepicker.errors import ConfigError
+
+    text = """\
+relays:
+  a:
+    exports: [OPENAI_BASE_URL]
+    gateway: {listen: 127.0.0.1:9138}
+    lines: [{name: m, url: "http://127.0.0.1:1"}]
+  b:
+    exports: [ANTHROPIC_BASE_URL]
+    gateway: {listen: 127.0.0.1:9138}
+    lines: [{name: m, url: "http://127.0.0.1:2"}]
+"""
+    with pytest.raises(ConfigError) as error:
+        parse_setup(text.encode(), tmp_path / "lines.yaml")
+    message = str(error.value)
+    assert "lines.yaml:8" in message and "'a'" in message and "'b'" in message and "127.0.0.1:9138" in message

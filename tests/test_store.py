@@ -104,7 +104,8 @@ def test_migration_0005_folds_the_hour_rows_written_one_per_sample(tmp_path: Pat
     hour = 1_700_000_000 // 3600 * 3600 - 10 * 86400
     ttfbs = [80.0 + (i * 37) % 41 for i in range(30)]
     with monkeypatch.context() as old_release:
-        old_release.setattr(store_module, "MIGRATIONS", MIGRATIONS[:4])
+        # Every migration but 0005, so the Store of this release can write the old rows (0007_relays adds the relay they need).
+        old_release.setattr(store_module, "MIGRATIONS", [migration for migration in MIGRATIONS if migration[0] != "0005_fold_hourly"])
         with Store(path) as store:
             _samples(store, "a", [(hour + 5 + i * 100 + (i + 1) / 64, ttfb) for i, ttfb in enumerate(ttfbs)] + [(hour + 3600.5, 60.0), (hour + 3601.75, None)])
             line_id = store.line_ids([Line("a", "https://a.example")])["a"]

@@ -18,7 +18,7 @@ from typing import Callable
 from .. import targets
 from ..config import Config, GatewaySettings
 from ..errors import ConfigError, LinepickerError
-from ..gatewaylease import GatewayLease
+from ..gatewaylease import GatewayLease, lease_path
 from ..store import Store
 from ..traffic import Attempt
 from .gateway import Gateway
@@ -31,12 +31,12 @@ FLUSH_S = 1.0  # attempts wait at most this long in memory before they are writt
 
 
 class GatewayService:
-    def __init__(self, live: LiveState, store: Store, settings: GatewaySettings, recheck: Callable[[str], None]):
+    def __init__(self, live: LiveState, store: Store, settings: GatewaySettings, recheck: Callable[[str], None], metrics: GatewayMetrics):
         self.live = live
-        self.store = store
+        self.store = store  # the relay's view of the database: its choice, its lines, its lease
         self.settings = settings
         self.recheck = recheck
-        self.metrics = GatewayMetrics()
+        self.metrics = metrics  # shared by every relay's gateway
         self.gateway = Gateway(settings, lambda: live.order, self.on_attempt)
         self.url: str | None = None
         self._lease: GatewayLease | None = None
@@ -55,10 +55,10 @@ class GatewayService:
             raise ConfigError(f"gateway.listen {listen.host}:{listen.port}: cannot bind: {exc.strerror or exc}") from None
         self.live.breakers = self.gateway.breakers
         try:
-            self._lease = GatewayLease(str(self.store.path), self.url).__enter__()
+            self._lease = GatewayLease(str(self.store.path), self.url, self.store.relay).__enter__()
         except OSError as exc:
             await self.gateway.close()
-            raise ConfigError(f"{self.store.path}.gateway: cannot hold the gateway's lease: {exc.strerror or exc}") from None
+            raise ConfigError(f"{lease_path(str(self.store.path), self.store.relay)}: cannot hold the gateway's lease: {exc.strerror or exc}") from None
         if choice is not None:
             hand_out(self.live.config, choice.name, self.url)
         log.info("gateway on %s: clients get OPENAI_BASE_URL=%s/v1 and ANTHROPIC_BASE_URL=%s", self.url, self.url, self.url)
@@ -84,7 +84,7 @@ class GatewayService:
             log.warning("the gateway: block changed: restart the daemon to apply it (the gateway keeps %s meanwhile)", self.url)
 
     def on_attempt(self, attempt: Attempt) -> None:
-        self.metrics.observe(attempt)
+        self.metrics.observe(self.live.config.relay, attempt)
         self._pending.append(attempt)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
@@ -107,12 +107,13 @@ class GatewayService:
             log.error("gateway: %d requests not recorded: %s", len(batch), exc)
 
 
-def hand_out(config: Config, name: str, url: str) -> list[targets.TargetResult]:
-    """Write the targets for `name` at `url` (the gateway's or the line's), saying what changed; the files written."""
-    results, errors = targets.write_targets(config.targets, name, url)
+def hand_out(config: Config, name: str, url: str, prefix: str = "") -> list[targets.TargetResult]:
+    """Write the relay's targets for `name` at `url` (the gateway's or the line's), saying what changed
+    (after `prefix`, which names the relay once there are several); the files written."""
+    results, errors = targets.write_targets(config.targets, name, url, config.exports)
     for result in results:
         if result.changed:
-            log.info("updated %s", result.path)
+            log.info("%supdated %s", prefix, result.path)
     for message in errors:
-        log.error("target not updated: %s", message)
+        log.error("%starget not updated: %s", prefix, message)
     return results

@@ -2,16 +2,18 @@
 
 Everything shares one asyncio loop: APScheduler's AsyncIOScheduler fires the
 jobs, the aiohttp probes run in them, and aiohttp.web answers the page and
-/metrics. Rounds never overlap (one lock), so rise/fall counts each round
-exactly once and every decision sees a finished round.
+/metrics. One daemon serves every relay of the config (`RelayRounds` each):
+a relay's rounds never overlap (one lock per relay), so rise/fall counts each
+round exactly once and every decision sees a finished round; two relays'
+rounds run side by side, as their lines, keys and choices are their own.
 
-Schedule: a full round every probe.interval (plus up to 10% jitter, at most
-5 s, so many vantage points do not probe in lockstep), the first one at
-start; every probe.down_interval the lines that are not fully healthy
-(down, or up with failures pending, or skipped by the gateway) are re-probed
-on their own, as HAProxy does with fastinter/downinter; retention runs at
-start and hourly. With a `gateway:` block it serves the gateway on the same
-loop, and a line failing real requests is re-checked at once.
+Schedule, per relay: a full round every probe.interval (plus up to 10%
+jitter, at most 5 s, so many vantage points do not probe in lockstep), the
+first one at start; every probe.down_interval the lines that are not fully
+healthy (down, or up with failures pending, or skipped by the gateway) are
+re-probed on their own, as HAProxy does with fastinter/downinter. Retention
+runs at start and hourly. A relay with a `gateway:` block has its gateway
+served on the same loop, and a line failing real requests is re-checked at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 from .. import picker
-from ..config import Config, Line, Listen, RetentionSettings, load_config
+from ..config import Config, Line, Listen, RetentionSettings, Setup, load_setup
 from ..doctor import client_checks
 from ..errors import ExitStatus, LinepickerError
 from ..policy import Verdict
@@ -38,6 +40,7 @@ from ..words import counted
 from . import web
 from .gatewayservice import GatewayService, hand_out
 from .live import FULL, RECHECK, LiveState
+from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from apscheduler.events import JobEvent
@@ -66,10 +69,10 @@ class Options:
 def run(options: Options) -> None:
     """The CLI entry point: load, lock the database, serve until SIGTERM or SIGINT."""
     configure_logging(options.log_level)
-    config = load_config(options.config_path)
+    setup = load_setup(options.config_path)
     db = resolve_db_path(options.db_path)
     with database_lock(db), Store(db) as store:
-        asyncio.run(_serve_with_signals(Daemon(config, store, options.listen)))
+        asyncio.run(_serve_with_signals(Daemon(setup, store, options.listen)))
 
 
 async def _serve_with_signals(daemon: "Daemon") -> None:
@@ -171,39 +174,54 @@ def retain(store: Store, settings: RetentionSettings, now: float) -> tuple[RollU
 
 
 class Daemon:
-    def __init__(self, config: Config, store: Store, listen: Listen | None):
-        self.live = LiveState(config, store)
+    """The process: one per database, serving every relay of the config, one HTTP side for all of them."""
+
+    def __init__(self, setup: Setup | Config, store: Store, listen: Listen | None):
+        self.setup = setup if isinstance(setup, Setup) else Setup.of(setup)
         self.store = store
         self.listen = listen
         self.url: str | None = None  # where the page is served, once it is
-        self._round_lock = asyncio.Lock()
+        # One set of gateway counters for every relay's gateway: each series is registered once.
+        self.gateway_metrics = GatewayMetrics() if any(config.gateway for config in self.setup.relays) else None
+        self.relays = {config.relay: RelayRounds(self, config) for config in self.setup.relays}
+        self.lives = [rounds.live for rounds in self.relays.values()]  # what the web side reads; changed in place on reload
         self._hook_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
-        self._none_eligible = False
-        self.gateway = GatewayService(self.live, store, config.gateway, self.recheck_soon) if config.gateway else None
+
+    @property
+    def live(self) -> LiveState:
+        """The first relay's live state: the only one of a config with top-level `lines:`."""
+        return self.lives[0]
+
+    @property
+    def gateway(self) -> GatewayService | None:
+        """The first relay's gateway, if it serves one: the only one of a config with top-level `lines:`."""
+        return next(iter(self.relays.values())).gateway
 
     async def serve(self) -> None:
-        """Run until stop(); then let a running round finish briefly, cancel what is left, and return."""
+        """Run until stop(); then let running rounds finish briefly, cancel what is left, and return."""
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        config = self.live.config
-        for warning in config.warnings:
+        setup = self.setup
+        for warning in setup.warnings:
             log.warning("config: %s", warning)
-        for text in config.notes:
+        for text in setup.notes:
             log.info("config: %s", text)
-        if missing := config.missing_key():
-            log.warning("%s", missing)
+        for rounds in self.relays.values():
+            if missing := rounds.live.config.missing_key():
+                log.warning("%s%s", rounds.prefix, missing)
+        self.store.set_relays(setup.relays)
         self.store.finish_abandoned_rounds([FULL, RECHECK], "interrupted: an earlier daemon stopped mid-round")
-        gateway = self.gateway
-        if gateway is not None:
-            await gateway.start()
+        gateways = [rounds.gateway for rounds in self.relays.values() if rounds.gateway is not None]
         try:
-            runner = await web.start(self.live, self.listen, gateway.metrics if gateway else None) if self.listen else None
+            for gateway in gateways:
+                await gateway.start()
+            runner = await web.start(self.lives, self.listen, self.gateway_metrics) if self.listen else None
         except BaseException:
-            if gateway is not None:
+            for gateway in gateways:
                 await gateway.stop()
             raise
         self.url = web.page_url(runner) if runner else None
@@ -211,18 +229,15 @@ class Daemon:
         scheduler.add_listener(SchedulerLog(), EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._scheduler = scheduler
         now = dt.datetime.now(dt.timezone.utc)
-        self._schedule(scheduler, config, first_full=now)
+        for rounds in self.relays.values():
+            rounds.schedule(scheduler, first_full=now)
         scheduler.add_job(self._job("retention", self.retention), "interval", seconds=RETENTION_EVERY_S, id="retention", next_run_time=now, **_JOB)
         scheduler.start()
-        log.info(
-            "daemon started: %s from %s, db %s, round every %gs, recheck every %gs%s",
-            counted(len(config.active_lines), "line"), config.source, self.store.path, config.probe.interval, config.probe.down_interval,
-            f", status page {self.url}" if self.url else "",
-        )
+        log.info("daemon started: %s from %s, db %s%s", self._schedule_text(), setup.source, self.store.path, f", status page {self.url}" if self.url else "")
         try:
             await self._stopping.wait()
         finally:
-            if gateway is not None:
+            for gateway in gateways:
                 await gateway.stop()  # first, so no client is handed a gateway about to close
             scheduler.pause()
             await self._drain()
@@ -231,6 +246,14 @@ class Daemon:
                 await runner.cleanup()
             self.store.finish_abandoned_rounds([FULL, RECHECK], "cancelled: the daemon was stopping")
             log.info("daemon stopped")
+
+    def _schedule_text(self) -> str:
+        def one(config: Config) -> str:
+            return f"{counted(len(config.active_lines), 'line')}, round every {config.probe.interval:g}s, recheck every {config.probe.down_interval:g}s"
+
+        if not self.setup.named:
+            return one(self.setup.relays[0])
+        return "relays " + "; ".join(f"{config.relay} ({one(config)})" for config in self.setup.relays)
 
     def stop(self, why: str = "stop") -> None:
         if not self._stopping.is_set():
@@ -241,63 +264,52 @@ class Daemon:
         self._spawn(self._job("reload", self.reload)())
 
     async def reload(self) -> None:
-        """SIGHUP: a config that does not load is reported and the running one kept."""
-        source = self.live.config.source
+        """SIGHUP: a config that does not load is reported and the running one kept.
+
+        Relays still in the file keep their rise/fall state; a new relay starts its
+        rounds at once, and a relay taken out stops (its history stays in the database).
+        """
+        source = self.setup.source
         try:
-            config = load_config(source)
+            setup = load_setup(source)
         except LinepickerError as exc:
             log.error("config reload failed, keeping the running config: %s", exc)
             return
-        async with self._round_lock:
-            old = self.live.config
-            self.live.reconfigure(config)
-            choice = self.store.choice()
-            self.live.set_order(choice.name if choice else None)
-            if self.gateway is not None:
-                self.gateway.reconfigure(config)
-            if (old.probe.interval, old.probe.down_interval) != (config.probe.interval, config.probe.down_interval):
-                assert self._scheduler is not None
-                self._schedule(self._scheduler, config, first_full=None)
-        for warning in config.warnings:
+        old, self.setup = self.setup, setup
+        kept = {}
+        for config in setup.relays:
+            rounds = self.relays.get(config.relay)
+            if rounds is None:
+                rounds = RelayRounds(self, config)
+                if self._scheduler is not None:
+                    rounds.schedule(self._scheduler, first_full=dt.datetime.now(dt.timezone.utc))
+            else:
+                await rounds.reconfigure(config, self._scheduler)
+            kept[config.relay] = rounds
+        for name, rounds in self.relays.items():
+            if name not in kept:
+                if self._scheduler is not None:
+                    rounds.unschedule(self._scheduler)
+                if rounds.gateway is not None:
+                    await rounds.gateway.stop()
+        self.relays = kept
+        self.lives[:] = [rounds.live for rounds in kept.values()]
+        self.store.set_relays(setup.relays)
+        for warning in setup.warnings:
             log.warning("config: %s", warning)
-        for text in config.notes:
+        for text in setup.notes:
             if text not in old.notes:  # the others were said at start or at an earlier reload
                 log.info("config: %s", text)
-        log.info("config reloaded from %s: %s", source, counted(len(config.active_lines), "line"))
-
-    def _schedule(self, scheduler: AsyncIOScheduler, config: Config, first_full: dt.datetime | None) -> None:
-        full = dict(seconds=config.probe.interval, jitter=min(config.probe.interval * 0.1, 5.0))
-        fast = dict(seconds=config.probe.down_interval, jitter=min(config.probe.down_interval * 0.1, 1.0))
-        extra = {"next_run_time": first_full} if first_full else {}
-        scheduler.add_job(self._job("round", self.full_round), "interval", id="round", replace_existing=True, **full, **extra, **_JOB)
-        scheduler.add_job(self._job("recheck", self.recheck), "interval", id="recheck", replace_existing=True, **fast, **_JOB)
+        lines = counted(sum(len(config.active_lines) for config in setup.relays), "line")
+        log.info("config reloaded from %s: %s%s", source, lines, f" in {len(setup.relays)} relays" if setup.named else "")
 
     async def full_round(self) -> None:
-        async with self._round_lock:
-            await self._round(FULL, self.live.config.active_lines)
-
-    async def recheck(self) -> None:
-        """Re-probe the lines that are down or failing, so a return or a fall is seen within seconds."""
-        if self._round_lock.locked():
-            return  # the round in progress probes these lines too
-        async with self._round_lock:
-            lines = self.live.unsteady_lines()
-            if lines:
-                await self._round(RECHECK, lines)
-
-    def recheck_soon(self, name: str) -> None:
-        """A line failing real requests is re-probed at once, not at the next round."""
-        self._spawn(self._job("recheck", lambda: self._recheck_line(name))())
-
-    async def _recheck_line(self, name: str) -> None:
-        line = next((line for line in self.live.config.active_lines if line.name == name), None)
-        if line is None or self._round_lock.locked():
-            return  # gone from the config, or a round in progress probes it
-        async with self._round_lock:
-            await self._round(RECHECK, (line,))
+        """A full round of every relay, one after another (the scheduler runs each relay's on its own)."""
+        for rounds in list(self.relays.values()):
+            await rounds.full_round()
 
     async def retention(self) -> None:
-        settings = self.live.config.retention
+        settings = self.setup.retention
         rolled, pruned = retain(self.store, settings, time.time())
         if rolled.samples or pruned:
             log.info(
@@ -306,46 +318,15 @@ class Daemon:
                 counted(rolled.rounds, "round"), counted(pruned, "hourly row"), settings.hourly / 86400,
             )
 
-    async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
-        config = self.live.config
-        previous = self.store.choice()
-        round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
-        for flip in self.live.record(kind, runs):
-            if flip.up:
-                log.info("line %s is up again after %s", flip.line, counted(flip.rounds, "good round"))
-            else:
-                log.warning("line %s is down after %s: %s", flip.line, counted(flip.rounds, "failed round"), flip.last_error or "no answer")
-        verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
-        self.live.set_order(verdict.chosen or (previous.name if previous else None), verdict)
-        log.debug("%s round %d on %s: %s", kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
-        self._note_eligibility(verdict)
-        if chosen is not None and chosen != previous:
-            self._switched(config, chosen)
-
-    def _note_eligibility(self, verdict: Verdict) -> None:
-        """Say once when no line is eligible, and once when one is again, rather than every round."""
-        none = verdict.chosen is None
-        if none != self._none_eligible:
-            if none:
-                log.warning("%s", verdict.reason)
-            else:
-                log.info("a line is eligible again")
-        self._none_eligible = none
-
-    def _switched(self, config: Config, chosen: Decision) -> None:
-        if chosen.previous is not None:  # the first choice ever is no switch: alerts on switching rates count this
-            self.live.switches += 1
-        log.info("switched from %s to %s (%s): %s", chosen.previous or "nothing", chosen.name, chosen.url, chosen.reason)
-        url = self.gateway.url if self.gateway is not None and self.gateway.url else chosen.url
-        results = hand_out(config, chosen.name, url)
-        for finding in client_checks(config, chosen, [result.path for result in results], url) if results else ():
-            log.warning("%s (%s; fix: %s)", finding.what, finding.where, finding.fix)
-        if config.on_switch:
-            self._spawn(self._job("on_switch", lambda: self._run_hook(config.on_switch, chosen))())
-
-    async def _run_hook(self, argv: tuple[str, ...], chosen: Decision) -> None:
+    async def _run_hook(self, argv: tuple[str, ...], chosen: Decision, relay: str) -> None:
         """Run on_switch with the choice in its environment, never through a shell; hooks run one at a time, in order."""
-        env = {**os.environ, "LINEPICKER_LINE": chosen.name, "LINEPICKER_URL": chosen.url, "LINEPICKER_PREVIOUS": chosen.previous or ""}
+        env = {
+            **os.environ,
+            "LINEPICKER_LINE": chosen.name,
+            "LINEPICKER_URL": chosen.url,
+            "LINEPICKER_PREVIOUS": chosen.previous or "",
+            "LINEPICKER_RELAY": relay,
+        }
         async with self._hook_lock:
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -403,6 +384,119 @@ class Daemon:
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=STOP_GRACE_S)
+
+
+class RelayRounds:
+    """One relay's side of the daemon: its schedule, rounds, rise/fall, switches and hook."""
+
+    def __init__(self, daemon: Daemon, config: Config):
+        self.daemon = daemon
+        self.live = LiveState(config, daemon.store.scoped(config.relay))
+        self.store = self.live.store
+        self.prefix = f"relay {config.relay}: " if daemon.setup.named else ""  # log lines say which relay, once there are several
+        self._round_lock = asyncio.Lock()
+        self._none_eligible = False
+        self.gateway: GatewayService | None = None
+        if config.gateway is not None and daemon.gateway_metrics is not None:
+            self.gateway = GatewayService(self.live, self.store, config.gateway, self.recheck_soon, daemon.gateway_metrics)
+        elif config.gateway is not None:
+            log.warning("%sthe gateway: block is new: restart the daemon to serve it", self.prefix or f"relay {config.relay}: ")
+
+    @property
+    def job_ids(self) -> tuple[str, str]:
+        """Also the names SchedulerLog says: 'round', or 'relay claude: round' once there are several relays."""
+        return f"{self.prefix}round", f"{self.prefix}recheck"
+
+    def schedule(self, scheduler: AsyncIOScheduler, first_full: dt.datetime | None) -> None:
+        config = self.live.config
+        full = dict(seconds=config.probe.interval, jitter=min(config.probe.interval * 0.1, 5.0))
+        fast = dict(seconds=config.probe.down_interval, jitter=min(config.probe.down_interval * 0.1, 1.0))
+        extra = {"next_run_time": first_full} if first_full else {}
+        round_id, recheck_id = self.job_ids
+        job = self.daemon._job
+        scheduler.add_job(job(round_id, self.full_round), "interval", id=round_id, replace_existing=True, **full, **extra, **_JOB)
+        scheduler.add_job(job(recheck_id, self.recheck), "interval", id=recheck_id, replace_existing=True, **fast, **_JOB)
+
+    def unschedule(self, scheduler: AsyncIOScheduler) -> None:
+        for job_id in self.job_ids:
+            scheduler.remove_job(job_id)
+        log.info("%sremoved from the config: no more rounds (its history stays)", self.prefix or f"relay {self.live.config.relay}: ")
+
+    async def reconfigure(self, config: Config, scheduler: AsyncIOScheduler | None) -> None:
+        async with self._round_lock:
+            old = self.live.config
+            self.live.reconfigure(config)
+            choice = self.store.choice()
+            self.live.set_order(choice.name if choice else None)
+            if self.gateway is not None:
+                self.gateway.reconfigure(config)
+            elif config.gateway is not None:
+                log.warning("%sthe gateway: block is new: restart the daemon to serve it", self.prefix)
+            if scheduler is not None and (old.probe.interval, old.probe.down_interval) != (config.probe.interval, config.probe.down_interval):
+                self.schedule(scheduler, first_full=None)
+
+    async def full_round(self) -> None:
+        async with self._round_lock:
+            await self._round(FULL, self.live.config.active_lines)
+
+    async def recheck(self) -> None:
+        """Re-probe the lines that are down or failing, so a return or a fall is seen within seconds."""
+        if self._round_lock.locked():
+            return  # the round in progress probes these lines too
+        async with self._round_lock:
+            lines = self.live.unsteady_lines()
+            if lines:
+                await self._round(RECHECK, lines)
+
+    def recheck_soon(self, name: str) -> None:
+        """A line failing real requests is re-probed at once, not at the next round."""
+        daemon = self.daemon
+        daemon._spawn(daemon._job(f"{self.prefix}recheck", lambda: self._recheck_line(name))())
+
+    async def _recheck_line(self, name: str) -> None:
+        line = next((line for line in self.live.config.active_lines if line.name == name), None)
+        if line is None or self._round_lock.locked():
+            return  # gone from the config, or a round in progress probes it
+        async with self._round_lock:
+            await self._round(RECHECK, (line,))
+
+    async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
+        config = self.live.config
+        previous = self.store.choice()
+        round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        for flip in self.live.record(kind, runs):
+            if flip.up:
+                log.info("%sline %s is up again after %s", self.prefix, flip.line, counted(flip.rounds, "good round"))
+            else:
+                log.warning("%sline %s is down after %s: %s", self.prefix, flip.line, counted(flip.rounds, "failed round"), flip.last_error or "no answer")
+        verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
+        self.live.set_order(verdict.chosen or (previous.name if previous else None), verdict)
+        log.debug("%s%s round %d on %s: %s", self.prefix, kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
+        self._note_eligibility(verdict)
+        if chosen is not None and chosen != previous:
+            self._switched(config, chosen)
+
+    def _note_eligibility(self, verdict: Verdict) -> None:
+        """Say once when no line is eligible, and once when one is again, rather than every round."""
+        none = verdict.chosen is None
+        if none != self._none_eligible:
+            if none:
+                log.warning("%s%s", self.prefix, verdict.reason)
+            else:
+                log.info("%sa line is eligible again", self.prefix)
+        self._none_eligible = none
+
+    def _switched(self, config: Config, chosen: Decision) -> None:
+        if chosen.previous is not None:  # the first choice ever is no switch: alerts on switching rates count this
+            self.live.switches += 1
+        log.info("%sswitched from %s to %s (%s): %s", self.prefix, chosen.previous or "nothing", chosen.name, chosen.url, chosen.reason)
+        url = self.gateway.url if self.gateway is not None and self.gateway.url else chosen.url
+        results = hand_out(config, chosen.name, url, self.prefix)
+        for finding in client_checks(config, chosen, [result.path for result in results], url) if results else ():
+            log.warning("%s%s (%s; fix: %s)", self.prefix, finding.what, finding.where, finding.fix)
+        if config.on_switch:
+            daemon = self.daemon
+            daemon._spawn(daemon._job("on_switch", lambda: daemon._run_hook(config.on_switch, chosen, config.relay))())
 
 
 _JOB = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

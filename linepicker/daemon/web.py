@@ -1,9 +1,10 @@
 """The daemon's HTTP side: the status page, /api/status, /metrics and /healthz.
 
 Served by aiohttp.web on the daemon's own event loop, so every answer reads
-the same live state the scheduler writes, with no lock and no copy. It binds
-loopback by default: the page shows the relay's URLs and the choice, which
-is nobody else's business.
+the same live state the scheduler writes, with no lock and no copy: one
+LiveState per relay, in a list the daemon changes in place when a reload adds
+or removes relays. It binds loopback by default: the page shows the relay's
+URLs and the choice, which is nobody else's business.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..clientenv import DEFAULT_RELAY
 from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
-from ..report.history import SPANS, history
+from ..report.history import SPANS, History, history
 from .live import LineTraffic, LiveState
 
 if TYPE_CHECKING:
@@ -29,11 +31,11 @@ log = logging.getLogger("linepicker")
 PAGE_REFRESH_S = 30
 
 
-async def start(live: LiveState, listen: Listen, gateway: GatewayMetrics | None = None) -> web.AppRunner:
+async def start(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None = None) -> web.AppRunner:
     """Bind and serve; a port already in use is a one-line error, not a traceback."""
     if not listen.loopback:
         log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
-    runner = web.AppRunner(app(live, gateway), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app(lives, gateway), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, listen.host, listen.port).start()
@@ -48,27 +50,27 @@ def page_url(runner: web.AppRunner) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def app(live: LiveState, gateway: GatewayMetrics | None = None) -> web.Application:
+def app(lives: list[LiveState], gateway: GatewayMetrics | None = None) -> web.Application:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .metrics import registry
 
-    metrics = registry(live, gateway)
+    metrics = registry(lives, gateway)
 
     async def index(request: web.Request) -> web.Response:
         span = request.query.get("span")
         if span is not None and span not in SPANS:
             return web.Response(status=400, text=f"span {span!r}: choose one of {', '.join(SPANS)}\n")
-        return web.Response(text=render_page(live, span), content_type="text/html", charset="utf-8")
+        return web.Response(text=render_page(lives, span), content_type="text/html", charset="utf-8")
 
     async def api_status(request: web.Request) -> web.Response:
-        return web.json_response(status_json(live), dumps=_dumps)
+        return web.json_response(relays_status_json(lives), dumps=_dumps)
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
-        problem = staleness(live, time.time())
+        problem = unhealthy(lives, time.time())
         return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
 
     application = web.Application()
@@ -91,6 +93,33 @@ def staleness(live: LiveState, now: float) -> str | None:
 
 
 TREND_MARKS = 20
+
+
+def unhealthy(lives: list[LiveState], now: float) -> str | None:
+    """The first relay whose rounds stopped, named when there are several."""
+    for live in lives:
+        if problem := staleness(live, now):
+            return f"relay {live.config.relay}: {problem}" if len(lives) > 1 else problem
+    return None
+
+
+def relays_status_json(lives: list[LiveState]) -> dict:
+    """/api/status: the first relay's document at the top (a one-relay config's as before), every relay's under `relays`;
+    the top-level `daemon` counts the whole daemon, each relay's its own rounds and switches."""
+    data = documents.with_relays([(live.config.relay, status_json(live)) for live in lives])
+    last = [live.last_round_at for live in lives if live.last_round_at is not None]
+    rounds: dict[str, int] = {}
+    for live in lives:
+        for kind, count in live.rounds.items():
+            rounds[kind] = rounds.get(kind, 0) + count
+    data["daemon"] = {
+        **data["daemon"],
+        "started_at": documents.iso_time(min(live.started_at for live in lives)),
+        "last_round_at": documents.iso_time(max(last) if last else None),
+        "rounds": rounds,
+        "switches": sum(live.switches for live in lives),
+    }
+    return data
 
 
 def status_json(live: LiveState) -> dict:
@@ -147,28 +176,37 @@ def traffic_json(traffic: LineTraffic) -> dict[str, Any]:
     }
 
 
-def render_page(live: LiveState, span: str | None = None) -> str:
+def render_page(lives: list[LiveState] | LiveState, span: str | None = None) -> str:
     """The page with charts over `span` (a key of SPANS), or by default over the smallest span up to
-    a day that holds the data: a longer one is a click away, and a day is what a refresh can afford."""
+    a day that holds the data (the longest of the relays', so their charts compare): a longer one is
+    a click away, and a day is what a refresh can afford. One section per relay once there are several."""
+    lives = lives if isinstance(lives, list) else [lives]
     now = time.time()
+    named = len(lives) > 1 or lives[0].config.relay != DEFAULT_RELAY
+    charts = [history(live.config, live.store, SPANS[span] if span else None, now=now, longest=SPANS["24h"]) for live in lives]
+    if span is None and len({found.span_s for found in charts}) > 1:
+        longest = max(found.span_s for found in charts)
+        charts = [history(live.config, live.store, longest, now=now) for live in lives]
+    return page.render_relays([_page(live, found, span, now, named) for live, found in zip(lives, charts)])
+
+
+def _page(live: LiveState, charts: History, span: str | None, now: float, named: bool) -> page.Page:
     report = live.status()
-    charts = history(live.config, live.store, SPANS[span] if span else None, now=now, longest=SPANS["24h"])
     label = series.span_text(charts.span_s)
-    return page.render(
-        page.Page(
-            status=report,
-            views=live.views(report),
-            charts={entry.line.name: svg.svg(entry.series, f"{entry.line.name}: time to first byte, last {label}") for entry in charts.lines},
-            span_s=charts.span_s,
-            bucket_s=charts.bucket_s,
-            span_choice=span,
-            config_source=str(live.config.source),
-            db_path=str(live.store.path),
-            rounds=sum(live.rounds.values()),
-            last_round_at=live.last_round_at,
-            refresh_s=PAGE_REFRESH_S,
-            now=now,
-        )
+    return page.Page(
+        status=report,
+        views=live.views(report),
+        charts={entry.line.name: svg.svg(entry.series, f"{entry.line.name}: time to first byte, last {label}") for entry in charts.lines},
+        span_s=charts.span_s,
+        bucket_s=charts.bucket_s,
+        span_choice=span,
+        config_source=str(live.config.source),
+        db_path=str(live.store.path),
+        rounds=sum(live.rounds.values()),
+        last_round_at=live.last_round_at,
+        refresh_s=PAGE_REFRESH_S,
+        now=now,
+        relay=live.config.relay if named else None,
     )
 
 

@@ -169,6 +169,18 @@ def status_json(status: Status, config: Config, line_extras: Mapping[str, Mappin
     }
 
 
+def with_relays(documents: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One document for several relays: the first relay's at the top, as before relays, and every relay's under `relays`.
+
+    So a script written for one relay reads the same fields as ever, and with
+    several relays the top level is the first one shown (the file's first
+    relay, or the first --relay); `relays[]` holds each with its `name`.
+    """
+    top = dict(documents[0][1])
+    top["relays"] = [{"name": name, **{key: value for key, value in document.items() if key != "config"}} for name, document in documents]
+    return top
+
+
 def bucket_json(bucket: Any) -> dict[str, Any]:
     ok = bucket.samples > bucket.failures
     return {

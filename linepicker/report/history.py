@@ -76,6 +76,7 @@ def history(
         known = ", ".join(line.name for line in config.active_lines)
         raise ConfigError(f"no line named {unknown[0]!r} in {config.source} (lines: {known})")
     lines = [line for line in config.active_lines if not names or line.name in names]
+    store = store.scoped(config.relay)
     until = time.time() if now is None else now
     ids = store.line_ids(lines)
     points = store.samples_since(ids, until - (span_s or longest))

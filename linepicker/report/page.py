@@ -40,26 +40,46 @@ class Page:
     last_round_at: float | None
     refresh_s: int
     now: float
+    relay: str | None = None  # the relay's name on a page of several relays; None: a one-relay config
 
 
 def render(page: Page) -> str:
-    chosen = page.status.choice.name if page.status.choice else None
-    cards = "".join(_card(view, view.status.line.name == chosen, page.charts.get(view.status.line.name, ""), page.now) for view in page.views)
+    return render_relays([page])
+
+
+def render_relays(pages: list[Page]) -> str:
+    """One status page for every relay the daemon serves: each relay's choice, cards and decisions under its name."""
+    first = pages[0]
+    legend = _legend(f"the last {span_text(first.span_s)} in {span_text(first.bucket_s)} buckets")
+    sections = []
+    for page in pages:
+        chosen = page.status.choice.name if page.status.choice else None
+        cards = "".join(_card(view, view.status.line.name == chosen, page.charts.get(view.status.line.name, ""), page.now) for view in page.views)
+        if page.relay is None:  # a one-relay config: the page as it always was
+            sections.append(f"""{_choice(page.status, page.now)}
+{_spans(page)}
+<section class="lines">{cards}</section>
+{legend}
+{_decisions(page.status.decisions, page.now)}""")
+        else:
+            sections.append(f"""<h2 class="relay">relay {html.escape(page.relay)}</h2>
+{_choice(page.status, page.now)}
+<section class="lines">{cards}</section>
+{_decisions(page.status.decisions, page.now)}""")
+    body = "\n".join(sections) if first.relay is None else _spans(first) + "\n" + "\n".join(sections) + "\n" + legend
+    last_round = max((page.last_round_at for page in pages if page.last_round_at is not None), default=None)
+    rounds = sum(page.rounds for page in pages)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="{page.refresh_s}">
-<title>{html.escape(_title(page))}</title>
+<meta http-equiv="refresh" content="{first.refresh_s}">
+<title>{html.escape(_title(pages))}</title>
 <style>{CSS}</style></head>
 <body><main>
-<header><h1>linepicker</h1><p class="muted">{html.escape(socket.gethostname())} · updated {_clock(page.now)}
- · {_last_round(page)} · refreshes every {page.refresh_s} s</p></header>
-{_choice(page.status, page.now)}
-{_spans(page)}
-<section class="lines">{cards}</section>
-{_legend(f"the last {span_text(page.span_s)} in {span_text(page.bucket_s)} buckets")}
-{_decisions(page.status.decisions, page.now)}
-<footer class="muted">config {html.escape(page.config_source)} · database {html.escape(page.db_path)} · {counted(page.rounds, "round")} since start ·
+<header><h1>linepicker</h1><p class="muted">{html.escape(socket.gethostname())} · updated {_clock(first.now)}
+ · {_last_round(last_round, first.now)} · refreshes every {first.refresh_s} s</p></header>
+{body}
+<footer class="muted">config {html.escape(first.config_source)} · database {html.escape(first.db_path)} · {counted(rounds, "round")} since start ·
 <a href="api/status">/api/status</a> · <a href="metrics">/metrics</a> · linepicker {__version__}</footer>
 </main></body></html>
 """
@@ -75,15 +95,20 @@ def _spans(page: Page) -> str:
     return f'<nav class="spans muted">Charts over: {" · ".join(links)}{fitted}</nav>'
 
 
-def _title(page: Page) -> str:
-    choice = page.status.choice
-    return f"linepicker: {choice.name}" if choice else "linepicker: no line chosen"
+def _title(pages: list[Page]) -> str:
+    def chosen(page: Page) -> str:
+        choice = page.status.choice
+        return choice.name if choice else "no line chosen"
+
+    if pages[0].relay is None:
+        return f"linepicker: {chosen(pages[0])}"
+    return "linepicker: " + " · ".join(f"{page.relay}: {chosen(page)}" for page in pages)
 
 
-def _last_round(page: Page) -> str:
-    if page.last_round_at is None:
+def _last_round(last_round_at: float | None, now: float) -> str:
+    if last_round_at is None:
         return "first round running"
-    return f"last round {ago(page.last_round_at, page.now)}"
+    return f"last round {ago(last_round_at, now)}"
 
 
 def _choice(status: Status, now: float) -> str:
@@ -281,6 +306,7 @@ h3 { font-size: 17px; margin: 0; }
 .history th { text-align:left; font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); border-bottom:1px solid var(--line); padding: 4px 8px 4px 0; }
 .history td { vertical-align: top; border-bottom:1px solid #f0f2f4; padding: 6px 10px 6px 0; }
 .history td:first-child { white-space: nowrap; }
+h2.relay { margin: 26px 0 10px; font-size: 22px; }
 footer { margin-top: 18px; }
 footer a { color: var(--accent); }
 """
@@ -289,20 +315,33 @@ footer a { color: var(--accent); }
 def render_report(history: History, config_source: str, now: float) -> str:
     """The charts of the status page for any period, as one file that opens anywhere, offline, for ever:
     so every time in it is absolute, with its zone, and nothing says "ago" or "now"."""
-    span = span_text(history.span_s)
-    end = time.strftime("%b %d %H:%M", time.localtime(history.until))
-    cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span, end) for entry in history.lines)
+    return render_relay_reports([(None, history)], config_source, now)
+
+
+def render_relay_reports(histories: list[tuple[str | None, History]], config_source: str, now: float) -> str:
+    """The report of one or several relays: each relay's cards and switches under its name (None: a one-relay file)."""
+    first = histories[0][1]
+    span = span_text(first.span_s)
+    end = time.strftime("%b %d %H:%M", time.localtime(first.until))
+    legend = _legend(f"{span} in {span_text(first.bucket_s)} buckets")
+    parts = []
+    for relay, history in histories:
+        cards = "".join(_report_card(entry.line.name, entry.line.url, entry.series, span, end) for entry in history.lines)
+        switches = _decisions(list(reversed(history.decisions)), None) or '<section class="history"><h2>No switches in this period</h2></section>'
+        if relay is None:
+            parts.append(f'<section class="lines">{cards}</section>\n{legend}\n{switches}')
+        else:
+            parts.append(f'<h2 class="relay">relay {html.escape(relay)}</h2>\n<section class="lines">{cards}</section>\n{switches}')
+    body = "\n".join(parts) if histories[0][0] is None else legend + "\n" + "\n".join(parts)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>linepicker report: {_clock(history.since)} – {_clock(history.until)}</title>
+<title>linepicker report: {_clock(first.since)} – {_clock(first.until)}</title>
 <style>{CSS}</style></head>
 <body><main>
-<header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(history.since)} – {_clock(history.until)}
- ({span}; times in {_zone(history.until)}) · written {_clock(now)}</p></header>
-<section class="lines">{cards}</section>
-{_legend(f"{span} in {span_text(history.bucket_s)} buckets")}
-{_decisions(list(reversed(history.decisions)), None) or '<section class="history"><h2>No switches in this period</h2></section>'}
+<header><h1>linepicker report</h1><p class="muted">{html.escape(socket.gethostname())} · {_clock(first.since)} – {_clock(first.until)}
+ ({span}; times in {_zone(first.until)}) · written {_clock(now)}</p></header>
+{body}
 <footer class="muted">config {html.escape(config_source)} · linepicker {__version__}</footer>
 </main></body></html>
 """

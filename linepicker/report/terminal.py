@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config, Line
+from ..clientenv import DEFAULT_RELAY
+from ..config import Config, Line, Setup
 from ..picker import RoundResult, Status
 from ..probe.phases import median_phases
 from ..words import counted
 from .documents import iso_time, judgement_of, last_error, no_eligible_hint
+from .documents import with_relays as documents_with_relays
 
 if TYPE_CHECKING:
     from ..probe.sample import Sample
@@ -57,7 +59,7 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def config_note(config: Config, with_notes: bool = False) -> None:
+def config_note(config: Config | Setup, with_notes: bool = False) -> None:
     """Which file, and its warnings; its notes (a /v1 taken off a URL) only where the config is inspected,
     as a valid file must not repeat them on every run."""
     note(f"config: {config.source} ({config.origin})")
@@ -65,6 +67,17 @@ def config_note(config: Config, with_notes: bool = False) -> None:
         warn(warning)
     for text in config.notes if with_notes else ():
         note(f"note: {text}")
+
+
+def for_relay(setup: Setup, config: Config, message: str) -> str:
+    """A message about one relay says which, once the file has several."""
+    return f"relay {config.relay}: {message}" if setup.named else message
+
+
+def relay_heading(setup: Setup, config: Config) -> None:
+    """A rule above each relay's table, only when the file declares relays: (a one-relay file prints as it always did)."""
+    if setup.named:
+        stdout.rule(f"[bold]relay {escape(config.relay)}[/]", align="left")
 
 
 @contextmanager
@@ -228,12 +241,40 @@ def service_removed(path: Any, as_json: bool) -> None:
         stdout.print(f"removed {escape(str(path))}" if path else "no linepicker service file was installed")
 
 
-def doctor_report(diagnosis: Any, as_json: bool) -> None:
-    findings = [vars(finding) for finding in diagnosis.findings]
-    choice = diagnosis.choice
-    if as_json:
-        print_json({"chosen": {"name": choice.name, "url": choice.url} if choice else None, "findings": findings, "checked": diagnosis.checked})
+def doctor_reports(diagnoses: list[tuple[str, Any]], as_json: bool, named: bool) -> None:
+    """Each relay's findings under its name; a one-relay file prints exactly what `doctor` always did."""
+    if not named:
+        [(_, diagnosis)] = diagnoses
+        doctor_report(diagnosis, as_json, relay=diagnoses[0][0])
         return
+    if as_json:
+        documents = [(relay, _doctor_json(diagnosis)) for relay, diagnosis in diagnoses]
+        data = documents_with_relays(documents)
+        data["findings"] = [finding for _, document in documents for finding in document["findings"]]
+        data["checked"] = list(dict.fromkeys(path for _, document in documents for path in document["checked"]))
+        print_json(data)
+        return
+    for relay, diagnosis in diagnoses:
+        stdout.rule(f"[bold]relay {escape(relay)}[/]", align="left")
+        _doctor_text(diagnosis, summary=False)
+    findings = [finding for _, diagnosis in diagnoses for finding in diagnosis.findings]
+    _doctor_summary(findings, list(dict.fromkeys(path for _, diagnosis in diagnoses for path in diagnosis.checked)))
+
+
+def _doctor_json(diagnosis: Any) -> dict[str, Any]:
+    choice = diagnosis.choice
+    return {"chosen": {"name": choice.name, "url": choice.url} if choice else None, "findings": [vars(f) for f in diagnosis.findings], "checked": diagnosis.checked}
+
+
+def doctor_report(diagnosis: Any, as_json: bool, relay: str | None = None) -> None:
+    if as_json:
+        print_json(documents_with_relays([(relay, _doctor_json(diagnosis))]) if relay else _doctor_json(diagnosis))
+        return
+    _doctor_text(diagnosis, summary=True)
+
+
+def _doctor_text(diagnosis: Any, summary: bool) -> None:
+    choice = diagnosis.choice
     if choice:
         stdout.print(f"chosen: [bold]{escape(choice.name)}[/] {escape(choice.url)}")
     for finding in diagnosis.findings:
@@ -241,12 +282,17 @@ def doctor_report(diagnosis: Any, as_json: bool) -> None:
         stdout.print(f"[{colour}]{finding.severity}:[/] {escape(finding.what)}")
         stdout.print(f"  at:  {escape(finding.where)}")
         stdout.print(f"  fix: {escape(finding.fix)}")
-    if diagnosis.findings:
-        errors = sum(1 for f in diagnosis.findings if f.severity == "error")
+    if summary:
+        _doctor_summary(diagnosis.findings, diagnosis.checked)
+
+
+def _doctor_summary(findings: list[Any], checked: list[str]) -> None:
+    if findings:
+        errors = sum(1 for f in findings if f.severity == "error")
         stdout.print(f"{counted(len(findings), 'problem')} ({counted(errors, 'error')})")
     else:
         stdout.print("no problems found")
-        note("checked the environment" + "".join(f", {path}" for path in diagnosis.checked))
+        note("checked the environment" + "".join(f", {path}" for path in checked))
 
 
 def config_written(path: Any, in_force: Any, plain_run_reads: Any, as_json: bool) -> None:
@@ -276,9 +322,11 @@ def config_written(path: Any, in_force: Any, plain_run_reads: Any, as_json: bool
 
 def config_edited(edit: Any, action: str, as_json: bool) -> None:
     if as_json:
-        print_json({"action": action, "config": str(edit.path), "name": edit.name, "url": edit.url, "notes": list(edit.notes)})
+        relay = {"relay": edit.relay} if edit.relay else {}
+        print_json({"action": action, "config": str(edit.path), "name": edit.name, "url": edit.url, "notes": list(edit.notes), **relay})
         return
-    what = f"{edit.name} {edit.url}" if edit.url else edit.name
+    name = f"{edit.relay}/{edit.name}" if edit.relay else edit.name
+    what = f"{name} {edit.url}" if edit.url else name
     stdout.print(f"{action} {escape(what)} {'to' if action == 'added' else 'from'} {escape(str(edit.path))}")
     for text in edit.notes:
         note(text)
@@ -345,10 +393,16 @@ def render_history(history: Any) -> None:
     stdout.print(table)
 
 
-def report_written(path: Any, history: Any, as_json: bool) -> None:
+def report_written(path: Any, histories: list[tuple[str | None, Any]], as_json: bool) -> None:
+    """`histories`: each relay's (its name, or None in a one-relay file) history, as the report shows them."""
     from .series import span_text
 
+    history = histories[0][1]
     if as_json:
-        print_json({"path": str(path), "since": iso_time(history.since), "until": iso_time(history.until), "lines": [e.line.name for e in history.lines]})
-    else:
-        stdout.print(f"wrote {escape(str(path))}: {counted(len(history.lines), 'line')}, {counted(len(history.decisions), 'decision')}, last {span_text(history.until - history.since)}")
+        documents = [(relay or DEFAULT_RELAY, {"lines": [e.line.name for e in h.lines]}) for relay, h in histories]
+        print_json({"path": str(path), "since": iso_time(history.since), "until": iso_time(history.until), **documents_with_relays(documents)})
+        return
+    lines = sum(len(h.lines) for _, h in histories)
+    decisions = sum(len(h.decisions) for _, h in histories)
+    relays = f" in {len(histories)} relays" if histories[0][0] else ""
+    stdout.print(f"wrote {escape(str(path))}: {counted(lines, 'line')}{relays}, {counted(decisions, 'decision')}, last {span_text(history.until - history.since)}")
