@@ -38,26 +38,25 @@ def _fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _config_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        help="lines.yaml to use (default: $LINEPICKER_CONFIG, ./lines.yaml, the user config dir, the bundled one).",
-    )(command)
+def _file_option(flag: str, dest: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(flag, dest, type=click.Path(dir_okay=False), help=help)
 
 
-def _db_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--db",
-        "db_path",
-        type=click.Path(dir_okay=False),
-        help="SQLite database (default: $LINEPICKER_DB, else linepicker.db in the user data dir).",
-    )(command)
+_config_option = _file_option(
+    "--config", "config_path", "lines.yaml to use (default: $LINEPICKER_CONFIG, ./lines.yaml, the user config dir, the bundled one)."
+)
+_db_option = _file_option("--db", "db_path", "SQLite database (default: $LINEPICKER_DB, else linepicker.db in the user data dir).")
 
 
 def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
+
+
+def _relay_command_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """What every command that reads relays' records takes: --config, --db, --relay, --json; and fails cleanly."""
+    for decorate in (_fails_cleanly, _json_option, _relay_option, _db_option, _config_option):
+        command = decorate(command)
+    return command
 
 
 def _load(config_path: str | None, with_notes: bool = False) -> Any:
@@ -176,11 +175,7 @@ def _client_checks(config: Any, chosen: Any, written: list[Any], db_path: str | 
 
 
 @cli.command()
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def pick(config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Probe every line, choose the best, record it and update the configured targets.
 
@@ -201,11 +196,7 @@ def pick(config_path: str | None, db_path: str | None, relay_names: tuple[str, .
 
 
 @cli.command()
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def probe(config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Run one round of probes and record it, without choosing.
 
@@ -217,11 +208,7 @@ def probe(config_path: str | None, db_path: str | None, relay_names: tuple[str, 
 
 
 @cli.command()
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def status(config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Show each line's recent record and the current choice, without probing.
 
@@ -310,11 +297,7 @@ def env(shell: str | None, config_path: str | None, db_path: str | None, as_json
 
 @cli.command()
 @click.argument("name", shell_complete=_line_names)
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def pin(name: str, config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Choose NAME by hand and keep it until `unpin`, whatever the probes say.
 
@@ -472,11 +455,7 @@ def _db_path(db_path: str | None) -> Any:
 
 
 @cli.command()
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def doctor(config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Find what would keep a client off the chosen line, and say how to fix it.
 
@@ -612,11 +591,7 @@ def _span_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @_span_option
 @click.option("--line", "names", multiple=True, shell_complete=_line_names, help="Only this line, or RELAY/LINE (repeatable).")
 @click.option("--buckets", type=click.IntRange(4, 500), help="Marks per line (default: fits the terminal, each at least two probe intervals wide).")
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def history(
     span_s: float | None, names: tuple[str, ...], buckets: int | None, config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool
 ) -> None:
@@ -644,11 +619,7 @@ def history(
 @cli.command()
 @click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 @_span_option
-@_config_option
-@_db_option
-@_relay_option
-@_json_option
-@_fails_cleanly
+@_relay_command_options
 def report(html_path: str, span_s: float | None, config_path: str | None, db_path: str | None, relay_names: tuple[str, ...], as_json: bool) -> None:
     """Write one self-contained HTML file with each line's latency chart and the switches.
 
