@@ -189,3 +189,39 @@ def _answers(url: str) -> bool:
         return get(url + "/healthz")[0] == 200
     except OSError:
         return False
+
+
+def test_top_draws_every_relay_of_the_daemon(relay: Relay, tmp_path: Path, db_path: Path) -> None:
+    """With several relays each gets its own choice and table, under its name."""
+    import textwrap
+
+    from linepicker.config import load_setup
+    from linepicker.daemon.runner import Daemon
+    from linepicker.store import Store
+
+    config = tmp_path / "lines.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        probe: {{timeout: 2, samples: 1, interval: 1, down_interval: 1}}
+        relays:
+          gpt:
+            exports: [OPENAI_BASE_URL]
+            lines:
+              - {{name: g-fast, url: "{relay.url("g-fast", delay_ms=5)}"}}
+              - {{name: g-slow, url: "{relay.url("g-slow", delay_ms=60)}"}}
+          claude:
+            exports: [ANTHROPIC_BASE_URL]
+            lines:
+              - {{name: c-only, url: "{relay.url("c-only", delay_ms=5)}"}}
+        """))
+    daemon = Daemon(load_setup(config), Store(db_path), Listen("127.0.0.1", 0))
+
+    async def body() -> subprocess.CompletedProcess:
+        await until(lambda: daemon.url is not None and all(r.store.choice() for r in daemon.relays.values()), what="both relays' choices")
+        return await asyncio.to_thread(top, "--url", daemon.url, "--once")
+
+    shown = serving(daemon, body)
+    assert shown.returncode == 0, shown.stderr
+    screen = shown.stdout
+    assert screen.index("relay gpt") < screen.index("chosen: g-fast") < screen.index("relay claude") < screen.index("chosen: c-only")
+    assert row(screen, "g-fast").startswith("▶ g-fast") and row(screen, "c-only").startswith("▶ c-only")
+    assert not row(screen, "g-slow").startswith("▶")

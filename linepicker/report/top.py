@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ..config import DEFAULT_LISTEN
 from ..errors import ConfigError, LinepickerError
+from ..words import counted
 from .page import ago
 from .series import Bucket, robust_top, span_text
 from .terminal import sparklines
@@ -81,6 +82,7 @@ class Snapshot:
     rounds: dict[str, int]
     last_round_at: float | None
     trend_bucket_s: float | None
+    relay: str | None = None  # named once the daemon serves several relays
 
 
 def status_url(base: str) -> str:
@@ -90,8 +92,8 @@ def status_url(base: str) -> str:
     return base.rstrip("/") + "/api/status"
 
 
-def fetch(url: str, timeout: float = TIMEOUT_S) -> Snapshot:
-    """One GET of /api/status, turned into a Snapshot or a DaemonUnreachable saying what answered instead."""
+def fetch(url: str, timeout: float = TIMEOUT_S) -> list[Snapshot]:
+    """One GET of /api/status, turned into a Snapshot per relay or a DaemonUnreachable saying what answered instead."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
@@ -106,7 +108,7 @@ def fetch(url: str, timeout: float = TIMEOUT_S) -> Snapshot:
     if len(body) > MAX_BYTES:
         raise DaemonUnreachable(f"{url} sent more than {MAX_BYTES // 2**20} MiB: not a linepicker daemon", "an oversized answer")
     try:
-        return parse(json.loads(body), url)
+        return parse_all(json.loads(body), url)
     except (ValueError, KeyError, TypeError, AttributeError):
         raise DaemonUnreachable(f"{url} did not answer with a linepicker daemon's status: is this the right address?", "not a daemon's status") from None
 
@@ -165,8 +167,16 @@ def _line(data: dict[str, Any]) -> TopLine:
     )
 
 
-def parse(data: dict[str, Any], url: str) -> Snapshot:
-    """/api/status as a Snapshot; a KeyError or TypeError here means something else answered."""
+def parse_all(data: dict[str, Any], url: str) -> list[Snapshot]:
+    """Every relay of /api/status: the top level alone for one relay, each entry of `relays` for several."""
+    relays = data.get("relays") or []
+    if len(relays) < 2:
+        return [parse(data, url)]
+    return [parse(entry, url, str(entry["name"])) for entry in relays]
+
+
+def parse(data: dict[str, Any], url: str, relay: str | None = None) -> Snapshot:
+    """/api/status (or one relay's part of it) as a Snapshot; a KeyError or TypeError here means something else answered."""
     daemon = data["daemon"]
     decisions = [_decision(item) for item in data.get("decisions") or []]
     return Snapshot(
@@ -179,6 +189,7 @@ def parse(data: dict[str, Any], url: str) -> Snapshot:
         rounds={str(kind): int(n) for kind, n in daemon["rounds"].items()},
         last_round_at=_time(daemon["last_round_at"]),
         trend_bucket_s=_number(daemon.get("trend_bucket_s")),
+        relay=relay,
     )
 
 
@@ -195,28 +206,33 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def render(snapshot: Snapshot, now: float, interval: float, width: int, problem: str | None = None) -> RenderableType:
-    """The whole screen: what is chosen and since when, the last switch, a table of lines, notes."""
-    parts: list[RenderableType] = [_header(snapshot, now)]
-    parts += _choice(snapshot, now)
-    parts.append(_table(snapshot, width))
-    for line in snapshot.lines:
-        notes = ([f"not eligible ({line.why_not})"] if line.why_not else []) + ([line.error] if line.error else [])
-        if notes:
-            parts.append(Text.assemble("  ", (line.name, "bold"), ": " + ": ".join(notes)))
-        if line.insecure:
-            parts.append(Text(f"  {line.name}: certificate NOT checked (insecure: true)", style="bold red"))
+def render(snapshots: list[Snapshot], now: float, interval: float, width: int, problem: str | None = None) -> RenderableType:
+    """The whole screen: for each relay what is chosen and since when, the last switch, a table of lines, notes."""
+    parts: list[RenderableType] = [_header(snapshots, now)]
+    for snapshot in snapshots:
+        if snapshot.relay is not None:
+            parts.append(Text(f"relay {snapshot.relay}", style="bold underline"))
+        parts += _choice(snapshot, now)
+        parts.append(_table(snapshot, width))
+        for line in snapshot.lines:
+            notes = ([f"not eligible ({line.why_not})"] if line.why_not else []) + ([line.error] if line.error else [])
+            if notes:
+                parts.append(Text.assemble("  ", (line.name, "bold"), ": " + ": ".join(notes)))
+            if line.insecure:
+                parts.append(Text(f"  {line.name}: certificate NOT checked (insecure: true)", style="bold red"))
     if problem:
         parts.append(Text(problem, style="bold red"))
-    parts.append(Text(f"every {interval:g} s from {snapshot.url} · Ctrl-C quits", style="dim"))
+    parts.append(Text(f"every {interval:g} s from {snapshots[0].url} · Ctrl-C quits", style="dim"))
     return Group(*parts)
 
 
-def _header(snapshot: Snapshot, now: float) -> Text:
-    full = snapshot.rounds.get("daemon", 0)  # the round kinds /api/status counts (daemon.live FULL and RECHECK)
-    rechecks = snapshot.rounds.get("daemon-recheck", 0)
-    last = f"last round {_when(snapshot.last_round_at, now)}" if snapshot.last_round_at else "first round running"
-    return Text.assemble(("linepicker top", "bold"), f"  {_clock(now)} · {full} rounds, {rechecks} rechecks · {last}")
+def _header(snapshots: list[Snapshot], now: float) -> Text:
+    """Rounds of every relay together; the round kinds /api/status counts are daemon.live's FULL and RECHECK."""
+    full = sum(snapshot.rounds.get("daemon", 0) for snapshot in snapshots)
+    rechecks = sum(snapshot.rounds.get("daemon-recheck", 0) for snapshot in snapshots)
+    latest = max((snapshot.last_round_at for snapshot in snapshots if snapshot.last_round_at), default=None)
+    last = f"last round {_when(latest, now)}" if latest else "first round running"
+    return Text.assemble(("linepicker top", "bold"), f"  {_clock(now)} · {counted(full, 'round')}, {counted(rechecks, 'recheck')} · {last}")
 
 
 def _choice(snapshot: Snapshot, now: float) -> list[RenderableType]:
@@ -275,22 +291,22 @@ def run(base_url: str, interval: float, console: Console, once: bool) -> None:
     """Draw until Ctrl-C. The first fetch must succeed (else one line and exit 1); later failures are
     shown in place while it keeps trying, since a daemon restarting for a reload comes back."""
     url = status_url(base_url)
-    snapshot = fetch(url)
+    snapshots = fetch(url)
     if not console.is_terminal:  # a pipe gets one view with every column, uncut
         console = Console(file=console.file, width=PIPE_WIDTH, highlight=False, emoji=False, soft_wrap=True)
         once = True
     if once:
-        console.print(render(snapshot, time.time(), interval, console.width))
+        console.print(render(snapshots, time.time(), interval, console.width))
         return
     problem: str | None = None
     failing_since: float | None = None
     try:
         with Live(console=console, auto_refresh=False, redirect_stderr=False) as live:
             while True:
-                live.update(render(snapshot, time.time(), interval, console.width, problem), refresh=True)
+                live.update(render(snapshots, time.time(), interval, console.width, problem), refresh=True)
                 time.sleep(interval)
                 try:
-                    snapshot = fetch(url)
+                    snapshots = fetch(url)
                     problem, failing_since = None, None
                 except DaemonUnreachable as exc:
                     failing_since = failing_since or time.time()
