@@ -21,6 +21,7 @@ from . import APP_NAME
 from .clientenv import CLIENT_VARIABLES, DEFAULT_RELAY
 from .errors import StoreError
 from .lastchoice import BUSY_TIMEOUT_S, RELAY_CHOICE_QUERY, last_choice, open_read_only, refuse_newer
+from .policy import Observation
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -610,9 +611,25 @@ class Store:
             lambda: self.db["rounds"].update(round_id, {"finished_at": time.time(), "chosen": chosen, "reason": reason})
         )
 
-    def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[bool, float | None]]]:
-        """Finished samples per line since a time: (success, ttfb_ms), oldest first."""
-        return {name: [(success, ttfb) for _, success, ttfb in rows] for name, rows in self.samples_since(line_ids, since).items()}
+    def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[Observation]]:
+        """Samples per line since a time, oldest first, as the policy judges them: answered ones with
+        their phases, unfinished ones with how long they had waited (the least their wait could be)."""
+        names = {line_id: name for name, line_id in line_ids.items()}
+        result: dict[str, list[Observation]] = {name: [] for name in line_ids}
+        if not names:
+            return result
+        marks = ",".join("?" * len(names))
+        rows = self.conn.execute(
+            f"select line_id, started_at, success, dns_ms, connect_ms, tls_ms, ttfb_ms, total_ms, round_id from samples "
+            f"where line_id in ({marks}) and started_at >= ? and (success is not null or outcome = 'unfinished') order by started_at",
+            [*names, since],
+        )
+        for line_id, at, success, dns, connect, tls, ttfb, total, round_id in rows:
+            answered = success is not None
+            result[names[line_id]].append(
+                Observation(at, bool(success) if answered else None, dns, connect, tls, ttfb, None if answered else total, round_id)
+            )
+        return result
 
     def last_samples(self, line_ids: dict[str, int]) -> dict[str, LastSample]:
         """The newest sample of each line, for 'last outcome' and 'last error' in status."""

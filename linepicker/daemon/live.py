@@ -156,7 +156,7 @@ class LiveState:
         window = self.store.window(line_ids, time.time() - config.policy.window)
         errors = picker.model_errors(config, self.store, line_ids)
         return [
-            policy.summarize(line.name, window[line.name], self.health_of(line.name).up, errors.get(line.name) or self.traffic_error(line.name))
+            policy.summarize(line.name, window[line.name], config.policy, self.health_of(line.name).up, errors.get(line.name) or self.traffic_error(line.name))
             for line in config.active_lines
         ]
 
