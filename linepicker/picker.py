@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from . import targets
     from .probe.chat import ChatSample
     from .probe.round import LineRun, Settled
+    from .probe.timing import Stamps
     from .probe.sample import Sample
 
 
@@ -33,9 +34,14 @@ class LineReport:
     chat: ChatSample | None = None  # this round's chat probe, when one ran
 
     @property
+    def answered(self) -> list[Sample]:
+        """This round's samples that got an answer (or failed): the ones whose phases are measurements."""
+        return [s for s in self.samples if s.success is not None]
+
+    @property
     def measured(self) -> bool:
         """Answered at least once this round; a line that was not is neither healthy nor unhealthy yet."""
-        return any(s.success is not None for s in self.samples)
+        return bool(self.answered)
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,9 @@ class _Settled:
         if run.done:
             error = chat_error(run.chat) if run.chat else self.model_errors.get(run.line.name)
             return policy.summarize(run.line.name, found, settings, answered_in_round(run.samples), error)
-        if run.inflight_since is not None:
-            found.append(_in_flight(run, self.round_id))
-        pending = 0 if run.sampled else max(0, self.config.probe.samples - len(run.samples) - (run.inflight_since is not None))
+        if run.inflight is not None:
+            found.append(_in_flight(run.inflight, self.round_id))
+        pending = 0 if run.sampled else max(0, self.config.probe.samples - len(run.samples) - (run.inflight is not None))
         up = answered_in_round(run.samples) if run.sampled else True
         return policy.summarize(run.line.name, found, settings, up, optimistic=True, pending=pending)
 
@@ -138,13 +144,15 @@ def _answered(run: LineRun) -> bool:
 
 
 def _waited_ms(run: LineRun) -> float:
-    return (time.perf_counter() - run.inflight_since) * 1000 if run.inflight_since is not None else 0.0
+    return (time.perf_counter() - run.inflight.start) * 1000 if run.inflight is not None else 0.0
 
 
-def _in_flight(run: LineRun, round_id: int | None) -> Observation:
-    """The request a line is waiting on, as a censored observation: its wait is at least this long."""
-    waited = _waited_ms(run)
-    return Observation(time.time() - waited / 1000, None, waited_ms=waited, round=round_id)
+def _in_flight(stamps: Stamps, round_id: int | None) -> Observation:
+    """The request a line is waiting on, as a censored observation: its wait (and its ttfb, once
+    the request is out) is at least as long as it has been so far."""
+    phases = stamps.unanswered(time.perf_counter())
+    waited = phases.total_ms or 0.0
+    return Observation(time.time() - waited / 1000, None, ttfb_ms=phases.ttfb_ms, waited_ms=waited, round=round_id)
 
 
 async def measure(

@@ -20,7 +20,7 @@ from ..config import Line, ProbeSettings
 from .outcomes import TIMEOUT, UNFINISHED
 from .phases import Phases
 from .sample import Sample, probe_once
-from .timing import make_ssl_context, proxy_for
+from .timing import Stamps, make_ssl_context, proxy_for
 
 if TYPE_CHECKING:
     from .chat import ChatSample
@@ -32,7 +32,7 @@ class LineRun:
 
     line: Line
     samples: list[Sample] = field(default_factory=list)
-    inflight_since: float | None = None  # perf_counter start of the sample in flight
+    inflight: Stamps | None = None  # the sample in flight: how far it got, and since when
     sampled: bool = False  # every sample taken; a follow-up may still run
     done: bool = False
     chat: ChatSample | None = None  # the streaming chat probe, when one ran this round
@@ -63,10 +63,10 @@ async def probe_line(
     """
     for seq in range(settings.samples):
         async with limits.place():
-            run.inflight_since = time.perf_counter()
-            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy)
+            run.inflight = Stamps()
+            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy, run.inflight)
         run.samples.append(sample)
-        run.inflight_since = None
+        run.inflight = None
         if on_sample:
             on_sample(sample)
         if sample.outcome == TIMEOUT:
@@ -182,17 +182,23 @@ async def probe_round(
             await asyncio.gather(*pending, return_exceptions=True)
     now = time.perf_counter()
     for run in (tasks[task] for task in pending if not tasks[task].sampled):
-        elapsed = (now - run.inflight_since) * 1000 if run.inflight_since else None
-        run.samples.append(
-            Sample(
-                line=run.line.name,
-                seq=len(run.samples),
-                started_at=time.time() - (elapsed or 0) / 1000,
-                outcome=UNFINISHED,
-                success=None,
-                phases=Phases(total_ms=round(elapsed, 3) if elapsed is not None else None),
-                error="not waited for: the choice was already settled",
-                key_sent=bool(key),
-            )
-        )
+        run.samples.append(_unfinished(run, now, key))
     return runs
+
+
+def _unfinished(run: LineRun, now: float, key: str | None) -> Sample:
+    """The record of a sample the round stopped waiting for: the phases it reached and how long it
+    waited, a lower bound the policy keeps counting, never a failure."""
+    stamps = run.inflight
+    phases = stamps.unanswered(now) if stamps is not None else Phases()
+    waited = f"no answer within {phases.total_ms:.0f} ms; " if phases.total_ms is not None else ""
+    return Sample(
+        line=run.line.name,
+        seq=len(run.samples),
+        started_at=time.time() - (phases.total_ms or 0) / 1000,
+        outcome=UNFINISHED,
+        success=None,
+        phases=phases,
+        error=f"{waited}not waited for: the choice was already settled",
+        key_sent=bool(key),
+    )

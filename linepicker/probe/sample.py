@@ -32,12 +32,21 @@ class Sample:
 
 
 async def probe_once(
-    line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext, proxy: str | None
+    line: Line,
+    seq: int,
+    settings: ProbeSettings,
+    key: str | None,
+    ssl_context: ssl.SSLContext,
+    proxy: str | None,
+    stamps: Stamps | None = None,
 ) -> Sample:
-    """One request on a fresh connection, ended by a total deadline however the server misbehaves."""
+    """One request on a fresh connection, ended by a total deadline however the server misbehaves.
+
+    `stamps` may be handed in by a caller that watches the request while it waits."""
     url = line.url + request_path(settings)
     headers = api_headers(settings.api, key)
-    stamps = Stamps(start=time.perf_counter())
+    stamps = stamps or Stamps()
+    stamps.start = time.perf_counter()
     started_at = time.time()
     status = None
     try:

@@ -18,7 +18,7 @@ import os
 import ssl
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -61,6 +61,11 @@ class Stamps:
         """When the answer began: its first bytes, else (if they came before they could be
         watched) the parsed headers, which are later by aiohttp's parsing and a loop turn."""
         return self.first_byte if self.first_byte is not None else self.headers
+
+    def unanswered(self, now: float) -> Phases:
+        """The phases of a request still waiting at `now`: those it completed, and as ttfb and total
+        how long it has waited since the request went out and since it began (the least they can be)."""
+        return replace(self.phases(), ttfb_ms=span_ms(self.request_sent, now), total_ms=span_ms(self.start, now))
 
     def phases(self) -> Phases:
         connect_from = self.dns_end if self.dns_end is not None else self.conn_start

@@ -130,7 +130,7 @@ def round_json(result: RoundResult, config: Config, with_samples: bool, client_c
         entry.update(_stats_json(report.stats, judgement_of(result, report, config), report.measured))
         entry["error"] = last_error(report.samples)
         entry["outcomes"] = [s.outcome for s in report.samples]
-        entry["phases"] = vars(median_phases(report.samples))
+        entry["phases"] = vars(median_phases(report.answered))
         if config.probe.chat is not None:
             entry["chat"] = _chat_json(report.chat)
         if with_samples:

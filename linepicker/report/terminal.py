@@ -164,7 +164,7 @@ def render_round(result: RoundResult, config: Config) -> None:
     rows, styles, notes = [], [], []
     for report in result.lines:
         judgement = judgement_of(result, report, config)
-        phases = median_phases(report.samples)
+        phases = median_phases(report.answered)
         rows.append((
             "▶" if report.line.name == chosen else "",
             escape(report.line.name) + (" [bold red](insecure)[/]" if report.line.insecure else ""),
