@@ -12,6 +12,7 @@ from linepicker.policy import (
     decide,
     judge,
     percentile,
+    redistribute,
     summarize,
     weighted_quantile,
     wilson_upper,
@@ -178,6 +179,15 @@ def test_an_unanswered_request_counts_at_its_wait_so_far() -> None:
     assert decide([blackholed, stats("other", rounds(60))], "cur", SETTINGS).chosen == "other"
     never_answered = stats("new", [hanging])
     assert not judge(never_answered, SETTINGS).eligible and "no answer yet" in (judge(never_answered, SETTINGS).why_not or "")
+
+
+def test_a_request_cut_short_below_the_usual_wait_changes_nothing() -> None:
+    """pick stops waiting for a line that cannot win; that its request had waited 10 ms is no news about a 50 ms line."""
+    record = rounds(50, count=5)
+    cut = [Observation(NOW + 60 + i, None, waited_ms=10, round=10 + i) for i in range(10)]
+    assert stats("x", record + cut).wait_p50_ms == stats("x", record).wait_p50_ms
+    assert redistribute([(10.0, 1.0, True), (20.0, 1.0, False), (40.0, 2.0, False)]) == [(20.0, 4 / 3), (40.0, 8 / 3)]
+    assert redistribute([(20.0, 1.0, False), (90.0, 1.0, True)]) == [(20.0, 1.0), (90.0, 1.0)], "past every answer: a floor"
 
 
 def test_the_best_case_counts_a_request_in_flight_as_a_success() -> None:
