@@ -6,8 +6,8 @@ input is a list of `Observation`s per line, whatever measured them, so real
 traffic can be judged beside the probes one day.
 
 A line's score is in milliseconds of what a client waits for (README, "How
-the choice is made"): the recency-weighted median wait, plus half the spread
-up to the 90th percentile (so lost SYNs and jitter cost something), plus the
+the choice is made"): the recency-weighted median wait, plus how much waits
+exceed it on average (so lost SYNs and jitter cost what they cost), plus the
 expected cost of failures, plus an allowance for thin evidence.
 """
 
@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:
     from .config import PolicySettings  # only its fields are read: the policy stays standard library alone
 
-TAIL_QUANTILE = 0.9
-TAIL_WEIGHT = 0.5  # the score adds this share of (tail - median): a client meets the tail one request in ten
 CONFIDENCE_Z = 1.0  # the failure share is judged at one standard error above what was seen (Wilson)
 
 
@@ -67,7 +65,7 @@ class LineStats:
     model_error: str | None = None  # the latest chat probe failed: the API lists models but cannot answer
     # The policy's own figures: recency-weighted, in the configured latency, unanswered requests at their wait so far.
     wait_p50_ms: float | None = None
-    wait_tail_ms: float | None = None  # at TAIL_QUANTILE
+    wait_excess_ms: float | None = None  # how far waits exceed the median, on average (0 for the faster half)
     failure_share: float | None = None  # weighted share of the answered samples that failed
     evidence: float = 0.0  # effective number of answered samples, after weighting (Kish)
     unanswered: int = 0  # requests counted at their wait so far
@@ -83,7 +81,7 @@ class ScoreParts:
     """The score, in parts that add up to it, each in milliseconds."""
 
     p50_ms: float  # the median wait
-    tail_ms: float  # TAIL_WEIGHT of the way from the median to the tail
+    tail_ms: float  # the average excess of a wait over the median: what slow requests add
     failure_ms: float  # failure share x failure_penalty_ms
     confidence_ms: float  # the failure share's upper bound minus the share, x failure_penalty_ms: thin evidence costs
 
@@ -163,6 +161,14 @@ def redistribute(waits: Iterable[tuple[float, float, bool]]) -> list[tuple[float
             continue
         result.append((value, mass))
     return result
+
+
+def mean_excess(masses: Sequence[tuple[float, float]], threshold: float) -> float:
+    """The weighted mean of max(0, value - threshold): over the median, the extra wait slow requests
+    cost, spread over all requests. Unlike a tail quantile it sees a slowdown one request in twenty
+    meets, and grows smoothly with how often it happens rather than jumping when a share crosses a level."""
+    total = sum(mass for _, mass in masses)
+    return sum(mass * (value - threshold) for value, mass in masses if value > threshold) / total if total else 0.0
 
 
 def wilson_upper(share: float, n: float, z: float = CONFIDENCE_Z) -> float:
@@ -254,6 +260,7 @@ def summarize(
     answered += pending
     squares += pending
     masses = redistribute(latencies)
+    median = weighted_quantile(masses, 0.5)
     return LineStats(
         name=name,
         samples=samples,
@@ -262,8 +269,8 @@ def summarize(
         p95_ms=percentile(ttfbs, 0.95),
         up=up,
         model_error=model_error,
-        wait_p50_ms=weighted_quantile(masses, 0.5),
-        wait_tail_ms=weighted_quantile(masses, TAIL_QUANTILE),
+        wait_p50_ms=median,
+        wait_excess_ms=None if median is None else mean_excess(masses, median),
         failure_share=failed / answered if answered else None,
         evidence=answered * answered / squares if squares else 0.0,
         unanswered=unanswered,
@@ -272,13 +279,13 @@ def summarize(
 
 
 def score_parts(stats: LineStats, settings: PolicySettings) -> ScoreParts | None:
-    if stats.wait_p50_ms is None or stats.wait_tail_ms is None:
+    if stats.wait_p50_ms is None or stats.wait_excess_ms is None:
         return None
     share = stats.failure_share or 0.0
     bound = wilson_upper(share, stats.evidence)
     return ScoreParts(
         p50_ms=stats.wait_p50_ms,
-        tail_ms=TAIL_WEIGHT * max(0.0, stats.wait_tail_ms - stats.wait_p50_ms),
+        tail_ms=stats.wait_excess_ms,
         failure_ms=share * settings.failure_penalty_ms,
         confidence_ms=(bound - share) * settings.failure_penalty_ms,
     )
@@ -294,7 +301,7 @@ def judge(stats: LineStats, settings: PolicySettings) -> Judgement:
 
     if stats.successes == 0 or stats.failure_share is None or parts is None:
         if stats.samples == 0 and stats.unanswered:
-            return not_eligible(f"no answer yet: waited {stats.wait_tail_ms or 0:.0f} ms")
+            return not_eligible(f"no answer yet: waited {stats.wait_p50_ms or 0:.0f} ms")
         return not_eligible("no successful sample in the window")
     if not stats.up:
         return not_eligible("down: failed its latest probes")

@@ -18,7 +18,7 @@ from rich.table import Table
 from ..clientenv import DEFAULT_RELAY
 from ..config import Config, Line, Setup
 from ..picker import RoundResult, Status
-from ..policy import Judgement
+from ..policy import Judgement, LineStats
 from ..probe.phases import median_phases
 from ..words import counted
 from .documents import iso_time, judgement_of, last_error, no_eligible_hint
@@ -107,6 +107,13 @@ def _score(judgement: Judgement) -> str:
     return f"> {judgement.score:.1f}" if judgement.lower_bound else f"{judgement.score:.1f}"
 
 
+def _wait_cells(judgement: Judgement, stats: LineStats) -> tuple[str, str]:
+    """The score's p50 and tail parts; blank for a line that never answered, whose only waits are floors."""
+    if judgement.parts is None or not stats.successes:
+        return "-", "-"
+    return _ms(judgement.parts.p50_ms), _ms(judgement.parts.tail_ms)
+
+
 def _waited(samples: list[Sample]) -> str:
     """A line not answered this round: how long it was waited for, never a verdict."""
     waits = [s.phases.total_ms for s in samples if s.success is None and s.phases.total_ms is not None]
@@ -173,8 +180,7 @@ def render_round(result: RoundResult, config: Config) -> None:
             _ms(phases.connect_ms),
             _ms(phases.tls_ms),
             _ms(phases.ttfb_ms) if report.measured else _waited(report.samples),
-            _ms(judgement.parts.p50_ms if judgement.parts else None),
-            _ms(judgement.parts.tail_ms if judgement.parts else None),
+            *_wait_cells(judgement, report.stats),
             _rate(report.stats.success_rate),
             _score(judgement),
             *(_chat_cells(report.chat) if chat else ()),
@@ -226,8 +232,7 @@ def render_status(status: Status) -> None:
             escape(entry.line.name) + (" [bold red](insecure)[/]" if entry.line.insecure else ""),
             str(entry.stats.samples),
             _rate(entry.stats.success_rate),
-            _ms(entry.judgement.parts.p50_ms if entry.judgement.parts else None),
-            _ms(entry.judgement.parts.tail_ms if entry.judgement.parts else None),
+            *_wait_cells(entry.judgement, entry.stats),
             _score(entry.judgement),
             escape(entry.last.outcome if entry.last else "never probed"),
             *(_chat_cells(entry.chat) if chat else ()),
