@@ -11,8 +11,8 @@ one sample each, interleaved and repeated (medians over the repeats):
     own trace hook; at the same concurrency cap as linepicker, and with all 500 at once.
 CPU per sample = this process's CPU time over the round / samples. A profile of one
 linepicker round is printed (the heaviest functions) so an excess can be traced.
-Targets: CPU per sample <= 1.2x the bare loop's at the same cap; median ttfb within
-2 ms of the bare loop's.
+Targets: CPU per sample <= 1.2x the bare loop's at the same cap; median ttfb at most
+2 ms above the bare loop's (the prober's own overhead; lower is not an overhead).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from linepicker.probe.round import probe_round
 
 DELAY_MS = 20
 LINES = 500
-REPEATS = 3
+REPEATS = 5
 
 
 async def bare_round(urls: list[str], context: ssl.SSLContext, cap: int) -> list[float]:
@@ -106,11 +106,12 @@ def run(quick: bool = False) -> Result:
             lines = [Line(name=f"l{i}", url=servers.tagged_url(f"l{i}", "tls", index=i)) for i in range(count)]
             for i in range(count):
                 servers.control(f"l{i}", index=i, delay_ms=DELAY_MS)
-            asyncio.run(bare_round([line.url + "/v1/models" for line in lines[:20]], context, 20))  # warm-up
+            for kind in ("bare aiohttp", "linepicker"):  # warm-up: imports, TLS contexts, the servers' first handshakes
+                one_run(kind, lines[:50], context, cap)
             plan = [("bare aiohttp", cap), ("linepicker", cap), ("bare aiohttp", count)]
             for rep in range(repeats):
                 for kind, limit in plan:
-                    entry = one_run(kind, lines, context, limit, profile if kind == "linepicker" and rep == 0 else None)
+                    entry = one_run(kind, lines, context, limit, profile if kind == "linepicker" and rep == repeats - 1 else None)
                     data.setdefault(f"{kind} cap {limit}", []).append(entry)
                     print(f"  {rep + 1}/{repeats} {kind} cap {limit}: {entry['cpu_ms_per_sample']:.3f} ms CPU/sample, "
                           f"ttfb p50 {fmt(entry['ttfb_p50_ms'])} ms, {entry['ok']}/{count} ok, {entry['wall_s']:.2f} s", flush=True)
@@ -134,10 +135,10 @@ def run(quick: bool = False) -> Result:
     )
     gap = lp["ttfb_p50_ms"] - bare["ttfb_p50_ms"]
     result.check(
-        f"median ttfb within 2 ms of the bare loop's ({count} lines at {DELAY_MS} ms)",
+        f"median ttfb at most 2 ms above the bare loop's ({count} lines at {DELAY_MS} ms)",
         f"{fmt(lp['ttfb_p50_ms'], ' ms')} ({gap:+.2f} ms)",
         f"bare aiohttp cap {cap}: {fmt(bare['ttfb_p50_ms'], ' ms')}; all {count} at once: {fmt(all_at_once['ttfb_p50_ms'], ' ms')}",
-        abs(gap) <= 2.0,
+        gap <= 2.0,
     )
     return result
 

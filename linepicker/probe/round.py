@@ -20,9 +20,11 @@ from ..config import Line, ProbeSettings
 from .outcomes import TIMEOUT, UNFINISHED
 from .phases import Phases
 from .sample import Sample, probe_once
-from .timing import Stamps, make_ssl_context, proxy_for
+from .timing import Stamps, fresh_session, make_ssl_context, proxy_for
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .chat import ChatSample
 
 
@@ -54,6 +56,7 @@ async def probe_line(
     limits: Limits,
     on_sample: Callable[[Sample], None] | None = None,
     follow_up: FollowUp | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> None:
     """Samples of one line go one after another, so they never compete with each other.
 
@@ -64,7 +67,7 @@ async def probe_line(
     for seq in range(settings.samples):
         async with limits.place():
             run.inflight = Stamps()
-            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy, run.inflight)
+            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy, run.inflight, session)
         run.samples.append(sample)
         run.inflight = None
         if on_sample:
@@ -158,31 +161,32 @@ async def probe_round(
     limits = Limits(sockets=asyncio.Semaphore(socket_budget()), busy=asyncio.Semaphore(settings.concurrency))
     environment = urllib.request.getproxies_environment()
     runs = [LineRun(line) for line in lines]
-    tasks = {
-        asyncio.ensure_future(
-            probe_line(
-                run, settings, key, contexts[not run.line.insecure],
-                proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample, follow_up,
-            )
-        ): run
-        for run in runs
-    }
-    pending = set(tasks)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=tick if settled else None, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            if pending and settled and settled(runs):
-                break
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-    now = time.perf_counter()
+    async with fresh_session() as session:
+        tasks = {
+            asyncio.ensure_future(
+                probe_line(
+                    run, settings, key, contexts[not run.line.insecure],
+                    proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample, follow_up, session,
+                )
+            ): run
+            for run in runs
+        }
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=tick if settled else None, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                if pending and settled and settled(runs):
+                    break
+        finally:
+            stopped = time.perf_counter()
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
     for run in (tasks[task] for task in pending if not tasks[task].sampled):
-        run.samples.append(_unfinished(run, now, key))
+        run.samples.append(_unfinished(run, stopped, key))
     return runs
 
 
