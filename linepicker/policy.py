@@ -41,6 +41,7 @@ class Observation:
     waited_ms: float | None = None  # unanswered: the whole wait so far
     round: int | None = None  # the probe round that made it; None for requests outside rounds
     kind: str = "probe"
+    partial: bool = False  # its round probed only some lines (a re-check, the chosen line's watch)
 
     def wait_ms(self, latency: str) -> float | None:
         """What a client waited for the answer: on a fresh connection everything up to the first
@@ -67,7 +68,7 @@ class LineStats:
     wait_p50_ms: float | None = None
     wait_excess_ms: float | None = None  # how far waits exceed the median, on average (0 for the faster half)
     failure_share: float | None = None  # weighted share of the answered samples that failed
-    evidence: float = 0.0  # effective number of answered samples, after weighting (Kish)
+    evidence: float = 0.0  # effective number of answered samples of rounds over every line, after weighting (Kish)
     unanswered: int = 0  # requests counted at their wait so far
     forgiven: int = 0  # samples of an outage the line has since recovered from, left out
 
@@ -229,13 +230,18 @@ def summarize(
     judges unanswered requests as if they will succeed (still no faster than
     their wait so far), with `pending` more successes still to come: the best
     the line can do this round, which is what the early stop compares.
+
+    Evidence counts only samples of rounds over every line: the chosen line is
+    watched more often than the others, and its extra samples follow it closely
+    but must not make it look better proven than a challenger probed as often
+    as the policy allows.
     """
     forgiven = recovered_outage(observations, settings.rise, settings.fall, optimistic)
     kept = [o for o in observations if o.round is None or o.round not in forgiven]
     newest = max((o.at for o in kept), default=0.0)
     latencies: list[tuple[float, float, bool]] = []
     ttfbs: list[float] = []
-    answered = failed = squares = 0.0
+    answered = failed = counted = squares = 0.0
     samples = successes = unanswered = 0
     for observation in kept:
         weight = 0.5 ** ((newest - observation.at) / settings.half_life)
@@ -256,8 +262,11 @@ def summarize(
             failed += weight
         successes += observation.success is not False
         answered += weight
-        squares += weight * weight
+        if not observation.partial:
+            counted += weight
+            squares += weight * weight
     answered += pending
+    counted += pending
     squares += pending
     masses = redistribute(latencies)
     median = weighted_quantile(masses, 0.5)
@@ -272,7 +281,7 @@ def summarize(
         wait_p50_ms=median,
         wait_excess_ms=None if median is None else mean_excess(masses, median),
         failure_share=failed / answered if answered else None,
-        evidence=answered * answered / squares if squares else 0.0,
+        evidence=counted * counted / squares if squares else 0.0,
         unanswered=unanswered,
         forgiven=len(observations) - len(kept),
     )

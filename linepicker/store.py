@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from .probe.sample import Sample
     from .traffic import Attempt, TrafficSummary
 
+PARTIAL_ROUND_KINDS = ("daemon-recheck", "daemon-watch")  # rounds of some lines only (see Observation.partial)
+
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
 
@@ -613,21 +615,25 @@ class Store:
 
     def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[Observation]]:
         """Samples per line since a time, oldest first, as the policy judges them: answered ones with
-        their phases, unfinished ones with how long they had waited (the least their wait could be)."""
+        their phases, unfinished ones with how long they had waited (the least their wait could be),
+        each marked partial when its round probed only some lines."""
         names = {line_id: name for name, line_id in line_ids.items()}
         result: dict[str, list[Observation]] = {name: [] for name in line_ids}
         if not names:
             return result
         marks = ",".join("?" * len(names))
         rows = self.conn.execute(
-            f"select line_id, started_at, success, dns_ms, connect_ms, tls_ms, ttfb_ms, total_ms, round_id from samples "
-            f"where line_id in ({marks}) and started_at >= ? and (success is not null or outcome = 'unfinished') order by started_at",
-            [*names, since],
+            f"select s.line_id, s.started_at, s.success, s.dns_ms, s.connect_ms, s.tls_ms, s.ttfb_ms, s.total_ms, s.round_id, "
+            f"r.kind in ({','.join('?' * len(PARTIAL_ROUND_KINDS))}) from samples s left join rounds r on r.id = s.round_id "
+            f"where s.line_id in ({marks}) and s.started_at >= ? and (s.success is not null or s.outcome = 'unfinished') "
+            "order by s.started_at",
+            [*PARTIAL_ROUND_KINDS, *names, since],
         )
-        for line_id, at, success, dns, connect, tls, ttfb, total, round_id in rows:
+        for line_id, at, success, dns, connect, tls, ttfb, total, round_id, partial in rows:
             answered = success is not None
             result[names[line_id]].append(
-                Observation(at, bool(success) if answered else None, dns, connect, tls, ttfb, None if answered else total, round_id)
+                Observation(at, bool(success) if answered else None, dns, connect, tls, ttfb, None if answered else total, round_id,
+                            partial=bool(partial))
             )
         return result
 

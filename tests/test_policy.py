@@ -118,6 +118,15 @@ def test_a_challenger_with_thin_evidence_needs_a_clearer_lead() -> None:
     assert decide([current, veteran], "current", SETTINGS).chosen == "old"
 
 
+def test_watching_the_chosen_line_more_often_does_not_make_it_better_proven() -> None:
+    """The daemon re-probes the chosen line six times as often: that follows it closely, it is no extra evidence."""
+    watched = rounds(30, count=10) + [replace(o, at=o.at + 10 * k, partial=True) for k in range(1, 6) for o in rounds(30, count=10)]
+    challenger = rounds(5, count=10)
+    verdict = decide([stats("current", watched), stats("fast", challenger)], "current", SETTINGS)
+    assert verdict.chosen == "fast", verdict.reason
+    assert stats("current", watched).evidence == stats("fast", challenger).evidence
+
+
 def test_line_below_minimum_success_rate_is_never_chosen() -> None:
     verdict = decide([stats("fast", rounds(5, fail=set(range(0, 30, 2)))), stats("slow", rounds(300))], None, SETTINGS)
     assert verdict.chosen == "slow"

@@ -17,15 +17,14 @@ from ..config import Config, Line
 from ..policy import LineStats, Verdict
 from ..probe.phases import Phases, median_phases
 from ..probe.round import LineRun
-from ..store import Store
+from ..store import PARTIAL_ROUND_KINDS, Store
 from ..traffic import TrafficSummary
 
 if TYPE_CHECKING:
     from .gateway import Breakers
 
 FULL = "daemon"  # round kinds, as recorded in the rounds table
-RECHECK = "daemon-recheck"
-WATCH = "daemon-watch"  # the chosen line alone, every probe.watch_interval
+RECHECK, WATCH = PARTIAL_ROUND_KINDS  # lines not fully healthy; the chosen line alone, every probe.watch_interval
 
 
 @dataclass(frozen=True)
