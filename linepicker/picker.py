@@ -65,7 +65,8 @@ def observations(samples: list[Sample], round_id: int | None) -> list[Observatio
     for s in samples:
         answered = s.success is not None
         waited = None if answered else s.phases.total_ms
-        found.append(Observation(s.started_at, s.success, s.phases.dns_ms, s.phases.connect_ms, s.phases.tls_ms, s.phases.ttfb_ms, waited, round_id))
+        setup = (s.phases.dns_ms or 0.0) + (s.phases.connect_ms or 0.0) + (s.phases.tls_ms or 0.0)
+        found.append(Observation(s.started_at, s.success, setup, s.phases.ttfb_ms, waited, round_id))
     return found
 
 

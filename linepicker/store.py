@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -615,26 +616,33 @@ class Store:
 
     def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[Observation]]:
         """Samples per line since a time, oldest first, as the policy judges them: answered ones with
-        their phases, unfinished ones with how long they had waited (the least their wait could be),
-        each marked partial when its round probed only some lines."""
+        their phases, unfinished ones (the only samples without a success) with how long they had
+        waited, the least their wait could be; each marked partial when its round probed only some lines.
+
+        Read in the order of the (line_id, started_at) index, which needs no sort: at 1,000 lines
+        this is the policy's largest query (docs/benchmarks.md §5)."""
         names = {line_id: name for name, line_id in line_ids.items()}
         result: dict[str, list[Observation]] = {name: [] for name in line_ids}
         if not names:
             return result
+        partial = {
+            row[0] for row in self.conn.execute(
+                f"select id from rounds where started_at >= ? and kind in ({','.join('?' * len(PARTIAL_ROUND_KINDS))})",
+                [since - 86400, *PARTIAL_ROUND_KINDS],  # a round starts before its samples, by at most a round's length
+            )
+        }
         marks = ",".join("?" * len(names))
         rows = self.conn.execute(
-            f"select s.line_id, s.started_at, s.success, s.dns_ms, s.connect_ms, s.tls_ms, s.ttfb_ms, s.total_ms, s.round_id, "
-            f"r.kind in ({','.join('?' * len(PARTIAL_ROUND_KINDS))}) from samples s left join rounds r on r.id = s.round_id "
-            f"where s.line_id in ({marks}) and s.started_at >= ? and (s.success is not null or s.outcome = 'unfinished') "
-            "order by s.started_at",
-            [*PARTIAL_ROUND_KINDS, *names, since],
+            "select line_id, started_at, success, coalesce(dns_ms, 0) + coalesce(connect_ms, 0) + coalesce(tls_ms, 0), ttfb_ms, "
+            f"case when success is null then total_ms end, round_id from samples where line_id in ({marks}) and started_at >= ? "
+            "order by line_id, started_at",
+            [*names, since],
         )
-        for line_id, at, success, dns, connect, tls, ttfb, total, round_id, partial in rows:
-            answered = success is not None
-            result[names[line_id]].append(
-                Observation(at, bool(success) if answered else None, dns, connect, tls, ttfb, None if answered else total, round_id,
-                            partial=bool(partial))
-            )
+        for line_id, group in itertools.groupby(rows, key=lambda row: row[0]):
+            result[names[line_id]] = [
+                Observation(at, None if success is None else success == 1, setup, ttfb, waited, round_id, "probe", round_id in partial)
+                for _, at, success, setup, ttfb, waited, round_id in group
+            ]
         return result
 
     def last_samples(self, line_ids: dict[str, int]) -> dict[str, LastSample]:

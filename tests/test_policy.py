@@ -39,7 +39,7 @@ def rounds(
         number = index // samples
         at = end - (count - 1 - number) * every + index % samples
         ok = index not in fail
-        found.append(Observation(at, ok, connect_ms=0.5, tls_ms=tls if ok else None, ttfb_ms=ttfb if ok else None, round=first_round + number))
+        found.append(Observation(at, ok, setup_ms=0.5 + (tls if ok else 0), ttfb_ms=ttfb if ok else None, round=first_round + number))
     return found
 
 
