@@ -188,9 +188,10 @@ def recovered_outage(observations: Sequence[Observation], rise: int, fall: int, 
     judging it by the outage would keep a recovered line out for as long as the window remembers.
     Only the latest one is forgiven, so a line that keeps going down still pays for the others.
     """
-    answered: dict[int, bool] = {}  # round -> answered, in the order the rounds happened
-    for observation in sorted((o for o in observations if o.round is not None), key=lambda o: o.at):
-        assert observation.round is not None
+    answered: dict[int, bool] = {}  # round -> answered, in the order the rounds happened (observations come oldest first)
+    for observation in observations:
+        if observation.round is None:
+            continue
         hit = observation.success is True or (optimistic and observation.success is None)
         answered[observation.round] = answered.get(observation.round, False) or hit
     order = list(answered)
@@ -221,7 +222,7 @@ def summarize(
     optimistic: bool = False,
     pending: int = 0,
 ) -> LineStats:
-    """Fold a line's observations into the figures the policy judges by.
+    """Fold a line's observations (oldest first) into the figures the policy judges by.
 
     Weights halve every `half_life` back from the newest observation, so a line
     that turns slow or recovers shows it within a few rounds. `optimistic`
