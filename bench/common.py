@@ -51,12 +51,15 @@ def linepicker_exe() -> str:
 class Servers:
     """N delay servers (bench/delay_server.py), each its own process on its own dynamic port."""
 
-    def __init__(self, count: int = 1):
+    def __init__(self, count: int = 1, tls: tuple[str, str] | None = None, held_ms: float | None = None):
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
+        self.tls_ports: list[int] = []
+        self.held_ports: list[int] = []
+        extra = [*(["--tls", *tls] if tls else []), *(["--held-ms", f"{held_ms:g}"] if tls and held_ms is not None else [])]
         for _ in range(count):
             proc = subprocess.Popen(
-                [sys.executable, str(BENCH_DIR / "delay_server.py")],
+                [sys.executable, str(BENCH_DIR / "delay_server.py"), *extra],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=clean_env(),
@@ -64,11 +67,29 @@ class Servers:
             )
             self.procs.append(proc)
         for proc in self.procs:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line.startswith("PORT "):
-                self.close()
-                raise RuntimeError(f"delay server did not start: {line!r}")
-            self.ports.append(int(line.split()[1]))
+            for prefix, ports in (("PORT ", self.ports), ("TLSPORT ", self.tls_ports), ("HELDPORT ", self.held_ports)):
+                if prefix != "PORT " and (not tls or (prefix == "HELDPORT " and held_ms is None)):
+                    continue
+                line = proc.stdout.readline() if proc.stdout else ""
+                if not line.startswith(prefix):
+                    self.close()
+                    raise RuntimeError(f"delay server did not start: {line!r}")
+                ports.append(int(line.split()[1]))
+
+    def tagged_url(self, tag: str, listener: str = "http", index: int = 0) -> str:
+        """A line under /line/<tag>, behaving as control() says: plain http, "tls", or "held" (TLS held back)."""
+        ports = {"http": self.ports, "tls": self.tls_ports, "held": self.held_ports}[listener]
+        scheme = "http" if listener == "http" else "https"
+        return f"{scheme}://127.0.0.1:{ports[index % len(ports)]}/line/{tag}"
+
+    def control(self, tag: str, index: int = 0, **behaviour: Any) -> None:
+        """Set how /line/<tag> answers from now on (see bench/delay_server.py)."""
+        request = urllib.request.Request(
+            f"{self.base(index)}/control/{tag}", data=json.dumps(behaviour).encode(), headers={"Content-Type": "application/json"}
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=10) as response:
+            response.read()
 
     def base(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.ports[index % len(self.ports)]}"

@@ -26,7 +26,8 @@ from common import Result, scrub_proxies  # noqa: E402
 BENCHES = {
     "accuracy": "bench_accuracy",
     "load": "bench_load",
-    "decision": "bench_decision",
+    "decision": "decision",
+    "overhead": "bench_overhead",
     "startup": "bench_startup",
     "store": "bench_store",
     "daemon": "bench_daemon",

@@ -63,9 +63,18 @@ class ProbeSettings:
     concurrency: int = 50  # requests in flight at once; more make the event loop late to read answers (docs/benchmarks.md)
     interval: float = 60.0  # daemon: seconds between full rounds
     down_interval: float = 10.0  # daemon: re-probe of lines that are down, like HAProxy's downinter
+    watch_interval: float | None = None  # daemon: re-probe of the chosen line; None: as down_interval
     api: str = "openai"  # which API's headers, answers and chat stream: openai or anthropic
     require_models: tuple[str, ...] = ()  # model ids every eligible line must list
     chat: ChatSettings | None = None
+
+    @property
+    def watch_every(self) -> float:
+        """The chosen line is watched at least as closely as a line that is down, unless told otherwise."""
+        return self.down_interval if self.watch_interval is None else self.watch_interval
+
+
+LATENCY_MODES = ("fresh", "warm")
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class PolicySettings:
     failure_penalty_ms: float = 500.0
     rise: int = 2  # daemon: good rounds before a down line is up again
     fall: int = 3  # daemon: failed rounds before an up line is down
+    latency: str = "fresh"  # what a client waits for: fresh (dns + connect + tls + ttfb) or warm (ttfb only)
+    half_life: float = 120.0  # seconds after which a sample weighs half as much as a new one
 
 
 @dataclass(frozen=True)
@@ -425,7 +436,9 @@ MAX_DURATION_S = {
     "probe.chat.timeout": 600.0,
     "probe.interval": 86400.0,
     "probe.down_interval": 86400.0,
+    "probe.watch_interval": 86400.0,
     "policy.window": 30 * 86400.0,
+    "policy.half_life": 30 * 86400.0,
     "retention.raw": MAX_SPAN_S,
     "retention.hourly": MAX_SPAN_S,
     "gateway.connect_timeout": 600.0,
@@ -685,7 +698,7 @@ class _Validator:
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:
             return ProbeSettings()
-        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "api", "require_models", "chat"})
+        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval", "api", "require_models", "chat"})
         settings: dict[str, Any] = {}
         if "path" in keys:
             path = self.text(keys["path"], "probe.path")
@@ -698,7 +711,7 @@ class _Validator:
             settings["samples"] = self.whole(keys["samples"], "probe.samples", 1, 100)
         if "concurrency" in keys:
             settings["concurrency"] = self.whole(keys["concurrency"], "probe.concurrency", 1, 10_000)
-        for key in ("interval", "down_interval"):
+        for key in ("interval", "down_interval", "watch_interval"):
             if key in keys:
                 settings[key] = self.duration(keys[key], f"probe.{key}")
         if "api" in keys:
@@ -739,7 +752,7 @@ class _Validator:
     def policy(self, node: yaml.Node | None) -> PolicySettings:
         if node is None:
             return PolicySettings()
-        checks: dict[str, Callable[[yaml.Node, str], float]] = {
+        checks: dict[str, Callable[[yaml.Node, str], float | str]] = {
             "window": self.duration,
             "min_success_rate": self.ratio,
             "margin_relative": self.ratio,
@@ -747,9 +760,17 @@ class _Validator:
             "failure_penalty_ms": self.millis,
             "rise": lambda node, what: self.whole(node, what, 1, 100),
             "fall": lambda node, what: self.whole(node, what, 1, 100),
+            "latency": self.latency,
+            "half_life": self.duration,
         }
         keys = self.mapping(node, "policy", set(checks))
         return PolicySettings(**{key: checks[key](value, f"policy.{key}") for key, value in keys.items()})
+
+    def latency(self, node: yaml.Node, what: str) -> str:
+        mode = self.text(node, what)
+        if mode not in LATENCY_MODES:
+            raise self.fail(node, f"{what} must be fresh (a new connection per request) or warm (a kept-alive one), got {mode!r}")
+        return mode
 
     def lines(self, node: yaml.Node) -> tuple[Line, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:

@@ -15,13 +15,14 @@ from . import policy
 from .config import Config, Line
 from .errors import UnknownLine
 from .gatewaylease import live_gateway
-from .policy import LineStats, Verdict
+from .policy import LineStats, Observation, Verdict
 from .store import ChatRow, Decision, LastSample, Store
 
 if TYPE_CHECKING:
     from . import targets
     from .probe.chat import ChatSample
     from .probe.round import LineRun, Settled
+    from .probe.timing import Stamps
     from .probe.sample import Sample
 
 
@@ -31,6 +32,16 @@ class LineReport:
     samples: list[Sample]  # this round's
     stats: LineStats  # over the policy window, this round included
     chat: ChatSample | None = None  # this round's chat probe, when one ran
+
+    @property
+    def answered(self) -> list[Sample]:
+        """This round's samples that got an answer (or failed): the ones whose phases are measurements."""
+        return [s for s in self.samples if s.success is not None]
+
+    @property
+    def measured(self) -> bool:
+        """Answered at least once this round; a line that was not is neither healthy nor unhealthy yet."""
+        return bool(self.answered)
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,23 @@ class RoundResult:
         return self.verdict is not None and self.verdict.chosen is None
 
 
-def finished_outcomes(samples: list[Sample]) -> list[tuple[bool, float | None]]:
-    """(success, ttfb_ms) of the samples that finished: an unfinished one counts neither way."""
-    return [(bool(s.success), s.phases.ttfb_ms) for s in samples if s.success is not None]
+def observations(samples: list[Sample], round_id: int | None) -> list[Observation]:
+    """A round's samples as the policy reads them; an unfinished one counts at the wait it had reached."""
+    found = []
+    for s in samples:
+        answered = s.success is not None
+        waited = None if answered else s.phases.total_ms
+        setup = (s.phases.dns_ms or 0.0) + (s.phases.connect_ms or 0.0) + (s.phases.tls_ms or 0.0)
+        found.append(Observation(s.started_at, s.success, setup, s.phases.ttfb_ms, waited, round_id))
+    return found
+
+
+def latest_round_answered(found: list[Observation]) -> bool:
+    """Whether the newest round in a line's record got any answer from it (True for a line never probed)."""
+    rounds = [o.round for o in found if o.round is not None]
+    if not rounds:
+        return True
+    return any(o.success is not None for o in found if o.round == rounds[-1])
 
 
 def answered_in_round(samples: list[Sample]) -> bool:
@@ -60,45 +85,75 @@ def answered_in_round(samples: list[Sample]) -> bool:
 
 
 class _Settled:
-    """Tells a running round it can stop: no unfinished line can change the choice any more.
+    """Tells a running round it can stop: waiting longer cannot change the choice, and every line has
+    answered once or has kept a client waiting longer than a failure costs.
 
-    Each unfinished line is judged as if its remaining samples all succeeded
-    with a latency equal to how long its current request has been waiting, and
-    as if its chat, if one is due, will succeed. If even then the winner is a
-    line that has finished (its chat included), waiting longer cannot change
-    the verdict, so a hanging line does not hold `pick` to its timeout.
+    Each unfinished line is judged at the best it can still do: its request in
+    flight counts as a success that took at least as long as it has waited, its
+    samples still to come as successes, its chat (if due) as one that will
+    work. These are the statistics of the verdict itself, where the request
+    left unanswered counts at its wait so far, so the verdict cannot contradict
+    the stop. If even then the winner is a line that has finished (its chat
+    included), the choice is settled.
+
+    A line that can no longer win is still waited for until it answers once, up
+    to policy.failure_penalty_ms: so a slow line is measured and recorded
+    rather than shown unknown, while a hanging one does not hold `pick` to its
+    timeout.
     """
 
     def __init__(
         self,
         config: Config,
-        history: dict[str, list[tuple[bool, float | None]]],
+        history: dict[str, list[Observation]],
         model_errors: dict[str, str],
         current: str | None,
         pinned: str | None,
+        round_id: int | None = None,
     ):
         self.config = config
         self.history = history
         self.model_errors = model_errors  # recorded before the round: they stand for lines that do not chat in it
         self.current = current
         self.pinned = pinned
+        self.round_id = round_id
 
     def __call__(self, runs: list[LineRun]) -> bool:
-        now = time.perf_counter()
-        stats = []
-        for run in runs:
-            outcomes = self.history[run.line.name] + finished_outcomes(run.samples)
-            if run.done:
-                error = chat_error(run.chat) if run.chat else self.model_errors.get(run.line.name)
-                stats.append(policy.summarize(run.line.name, outcomes, answered_in_round(run.samples), error))
-                continue
-            waited = (now - run.inflight_since) * 1000 if run.inflight_since else 0.0
-            outcomes += [(True, waited)] * (self.config.probe.samples - len(run.samples))
-            stats.append(policy.summarize(run.line.name, outcomes, True))
-        verdict = policy.decide(stats, self.current, self.config.policy, self.pinned)
+        verdict = policy.decide([self.best_case(run) for run in runs], self.current, self.config.policy, self.pinned)
         if verdict.chosen is None:
             return True
-        return next(run.done for run in runs if run.line.name == verdict.chosen)
+        if not next(run.done for run in runs if run.line.name == verdict.chosen):
+            return False
+        patience = self.config.policy.failure_penalty_ms
+        return all(run.done or _answered(run) or _waited_ms(run) >= patience for run in runs)
+
+    def best_case(self, run: LineRun) -> LineStats:
+        settings = self.config.policy
+        found = self.history[run.line.name] + observations(run.samples, self.round_id)
+        if run.done:
+            error = chat_error(run.chat) if run.chat else self.model_errors.get(run.line.name)
+            return policy.summarize(run.line.name, found, settings, answered_in_round(run.samples), error)
+        if run.inflight is not None:
+            found.append(_in_flight(run.inflight, self.round_id))
+        pending = 0 if run.sampled else max(0, self.config.probe.samples - len(run.samples) - (run.inflight is not None))
+        up = answered_in_round(run.samples) if run.sampled else True
+        return policy.summarize(run.line.name, found, settings, up, optimistic=True, pending=pending)
+
+
+def _answered(run: LineRun) -> bool:
+    return any(s.success is not None for s in run.samples)
+
+
+def _waited_ms(run: LineRun) -> float:
+    return (time.perf_counter() - run.inflight.start) * 1000 if run.inflight is not None else 0.0
+
+
+def _in_flight(stamps: Stamps, round_id: int | None) -> Observation:
+    """The request a line is waiting on, as a censored observation: its wait (and its ttfb, once
+    the request is out) is at least as long as it has been so far."""
+    phases = stamps.unanswered(time.perf_counter())
+    waited = phases.total_ms or 0.0
+    return Observation(time.time() - waited / 1000, None, ttfb_ms=phases.ttfb_ms, waited_ms=waited, round=round_id)
 
 
 async def measure(
@@ -106,13 +161,14 @@ async def measure(
     store: Store,
     kind: str,
     lines: tuple[Line, ...] | None = None,
-    settled: Settled | None = None,
+    settle: Callable[[int], Settled] | None = None,
     on_sample: Callable[[Sample], None] | None = None,
     line_ids: dict[str, int] | None = None,
 ) -> tuple[int, list[LineRun]]:
     """Probe the lines (all active ones by default) and record every sample under a new round.
 
-    `line_ids` may be passed by a caller that already looked them up for these lines.
+    `settle`, given the new round's id, makes the early stop (see _Settled); `line_ids` may be passed
+    by a caller that already looked them up for these lines.
     """
     from .probe.round import probe_round  # here, not at the top: asyncio, ssl and aiohttp cost `status` ≈ 40 ms
 
@@ -127,6 +183,7 @@ async def measure(
         from .probe import chat
 
         follow_up = chat.follow_up(config.probe, key, chat_due(config, store, line_ids))
+    settled = settle(round_id) if settle else None
     runs = await probe_round(lines, config.probe, key, settled=settled, on_sample=on_sample, follow_up=follow_up)
     for run in runs:
         store.add_samples(round_id, line_ids, run.samples)
@@ -209,18 +266,28 @@ async def run_round(
     store = store.scoped(config.relay)
     line_ids = store.line_ids(config.active_lines)
     history = store.window(line_ids, time.time() - config.policy.window)
-    settled = None
+    settle = None
     previous = store.choice()
     if choose_line:
         errors = model_errors(config, store, line_ids)
-        settled = _Settled(config, history, errors, previous.name if previous else None, store.pinned())
-    round_id, runs = await measure(config, store, kind, settled=settled, on_sample=on_sample, line_ids=line_ids)
+        current, pinned = previous.name if previous else None, store.pinned()
+
+        def settle(round_id: int) -> _Settled:
+            return _Settled(config, history, errors, current, pinned, round_id)
+
+    round_id, runs = await measure(config, store, kind, settle=settle, on_sample=on_sample, line_ids=line_ids)
     errors = model_errors(config, store, line_ids)
     reports = [
         LineReport(
             run.line,
             run.samples,
-            policy.summarize(run.line.name, history[run.line.name] + finished_outcomes(run.samples), answered_in_round(run.samples), errors.get(run.line.name)),
+            policy.summarize(
+                run.line.name,
+                history[run.line.name] + observations(run.samples, round_id),
+                config.policy,
+                answered_in_round(run.samples),
+                errors.get(run.line.name),
+            ),
             run.chat,
         )
         for run in runs
@@ -252,6 +319,7 @@ class LineStatus:
     judgement: policy.Judgement
     last: LastSample | None  # newest sample
     chat: ChatRow | None = None  # newest chat probe in the window, when probe.chat is on
+    measured: bool = True  # False: its latest round left it unanswered (pick did not wait), so it is neither healthy nor not
 
 
 @dataclass(frozen=True)
@@ -275,8 +343,9 @@ def status(config: Config, store: Store) -> Status:
     entries = []
     for line in lines:
         chat = chats.get(line.name)
-        stats = policy.summarize(line.name, window[line.name], up.get(line.name, True), chat_error(chat))
-        entries.append(LineStatus(line, stats, policy.judge(stats, config.policy), last.get(line.name), chat))
+        found = window[line.name]
+        stats = policy.summarize(line.name, found, config.policy, up.get(line.name, True), chat_error(chat))
+        entries.append(LineStatus(line, stats, policy.judge(stats, config.policy), last.get(line.name), chat, latest_round_answered(found)))
     return Status(entries, store.choice(), store.pinned(), store.decisions(10), config.policy.window)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from . import APP_NAME
 from .clientenv import CLIENT_VARIABLES, DEFAULT_RELAY
 from .errors import StoreError
 from .lastchoice import BUSY_TIMEOUT_S, RELAY_CHOICE_QUERY, last_choice, open_read_only, refuse_newer
+from .policy import Observation
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from .probe.chat import ChatSample
     from .probe.sample import Sample
     from .traffic import Attempt, TrafficSummary
+
+PARTIAL_ROUND_KINDS = ("daemon-recheck", "daemon-watch")  # rounds of some lines only (see Observation.partial)
 
 APPLICATION_ID = 0x4C504B52  # "LPKR" in the SQLite header: this file is linepicker's
 
@@ -610,9 +614,36 @@ class Store:
             lambda: self.db["rounds"].update(round_id, {"finished_at": time.time(), "chosen": chosen, "reason": reason})
         )
 
-    def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[tuple[bool, float | None]]]:
-        """Finished samples per line since a time: (success, ttfb_ms), oldest first."""
-        return {name: [(success, ttfb) for _, success, ttfb in rows] for name, rows in self.samples_since(line_ids, since).items()}
+    def window(self, line_ids: dict[str, int], since: float) -> dict[str, list[Observation]]:
+        """Samples per line since a time, oldest first, as the policy judges them: answered ones with
+        their phases, unfinished ones (the only samples without a success) with how long they had
+        waited, the least their wait could be; each marked partial when its round probed only some lines.
+
+        Read in the order of the (line_id, started_at) index, which needs no sort: at 1,000 lines
+        this is the policy's largest query (docs/benchmarks.md §5)."""
+        names = {line_id: name for name, line_id in line_ids.items()}
+        result: dict[str, list[Observation]] = {name: [] for name in line_ids}
+        if not names:
+            return result
+        partial = {
+            row[0] for row in self.conn.execute(
+                f"select id from rounds where started_at >= ? and kind in ({','.join('?' * len(PARTIAL_ROUND_KINDS))})",
+                [since - 86400, *PARTIAL_ROUND_KINDS],  # a round starts before its samples, by at most a round's length
+            )
+        }
+        marks = ",".join("?" * len(names))
+        rows = self.conn.execute(
+            "select line_id, started_at, success, coalesce(dns_ms, 0) + coalesce(connect_ms, 0) + coalesce(tls_ms, 0), ttfb_ms, "
+            f"case when success is null then total_ms end, round_id from samples where line_id in ({marks}) and started_at >= ? "
+            "order by line_id, started_at",
+            [*names, since],
+        )
+        for line_id, group in itertools.groupby(rows, key=lambda row: row[0]):
+            result[names[line_id]] = [
+                Observation(at, None if success is None else success == 1, setup, ttfb, waited, round_id, "probe", round_id in partial)
+                for _, at, success, setup, ttfb, waited, round_id in group
+            ]
+        return result
 
     def last_samples(self, line_ids: dict[str, int]) -> dict[str, LastSample]:
         """The newest sample of each line, for 'last outcome' and 'last error' in status."""

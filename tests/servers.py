@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import ssl
 import struct
@@ -30,6 +31,13 @@ class Behaviour:
     key: str | None = None  # for mode auth: the key that is accepted
     redirect_to: str | None = None
     counter: int = 0
+    jitter_ms: float = 0.0  # each answer is delay_ms plus or minus up to this much, uniformly
+    fail_rate: float = 0.0  # each request fails (503) with this probability
+    seed: int = 0  # for jitter and failures: the same seed, the same run
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.rng.seed(self.seed)
 
 
 @dataclass
@@ -52,8 +60,12 @@ class Relay:
         self.requests[name].append(dict(request.headers))
         b = self.behaviours[name]
         b.counter += 1
-        if b.delay_ms:
-            await asyncio.sleep(b.delay_ms / 1000)
+        delay = b.delay_ms + (b.rng.uniform(-b.jitter_ms, b.jitter_ms) if b.jitter_ms else 0.0)
+        fails = b.fail_rate and b.rng.random() < b.fail_rate
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+        if fails:
+            return web.json_response({"error": {"message": "upstream failed at random"}}, status=503)
         if b.mode == "hang":
             await asyncio.sleep(3600)
         if b.mode == "html502":
@@ -463,3 +475,48 @@ def start_api_relay(server: ServerThread) -> ApiRelay:
     app.router.add_route("*", "/line/{name}/{tail:.*}", relay.handle)
     relay.base = f"http://127.0.0.1:{server.start_app(app)}"
     return relay
+
+
+def held_tls_url(server: ServerThread, context: ssl.SSLContext, hold_ms: float, delay_ms: float = 0.0) -> str:
+    """A TLS line that accepts the TCP connection at once but starts the handshake only after
+    `hold_ms` (an overloaded TLS terminator, a TLS 1.2 round trip more), then answers the models
+    list `delay_ms` after the request: its time to first byte hides what a new connection pays."""
+
+    class Held(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.request = b""
+            self.asked = asyncio.Event()
+            self.task: asyncio.Task[None] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()  # the ClientHello waits in the socket until the handshake starts
+            self.task = asyncio.ensure_future(self.serve(transport))
+
+        def data_received(self, data: bytes) -> None:
+            self.request += data
+            if b"\r\n\r\n" in self.request:
+                self.asked.set()
+
+        async def serve(self, transport: asyncio.Transport) -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.sleep(hold_ms / 1000)
+                tls = await loop.start_tls(transport, self, context, server_side=True)
+                await self.asked.wait()
+                await asyncio.sleep(delay_ms / 1000)
+                tls.write(head(content_type="application/json", content_length=len(MODELS_BODY), connection="close") + MODELS_BODY)
+                tls.close()
+            except (ConnectionError, ssl.SSLError, OSError):
+                transport.abort()
+
+    async def start() -> int:
+        listener = await asyncio.get_running_loop().create_server(Held, "127.0.0.1", 0)
+
+        async def close() -> None:
+            listener.close()
+
+        server.cleanups.append(close)
+        return listener.sockets[0].getsockname()[1]
+
+    return f"https://127.0.0.1:{server.run(start())}"

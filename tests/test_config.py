@@ -37,6 +37,7 @@ probe:
   concurrency: 8
   interval: 2m
   down_interval: 15
+  watch_interval: 5
 policy:
   window: 30m
   min_success_rate: 0.75
@@ -45,6 +46,8 @@ policy:
   failure_penalty_ms: 800
   rise: 3
   fall: 4
+  latency: warm
+  half_life: 5m
 retention:
   raw: 2d
   hourly: 30d
@@ -98,9 +101,12 @@ def test_documented_shape_loads(cfg: Path) -> None:
     config = parse(FULL, cfg)
     assert config.source == cfg and config.origin == "--config"
     assert config.key_env == "RELAY_KEY"
-    assert config.probe == ProbeSettings(path="/v1/models", timeout=0.5, samples=5, concurrency=8, interval=120.0, down_interval=15.0)
+    assert config.probe == ProbeSettings(
+        path="/v1/models", timeout=0.5, samples=5, concurrency=8, interval=120.0, down_interval=15.0, watch_interval=5.0
+    )
     assert config.policy == PolicySettings(
-        window=1800.0, min_success_rate=0.75, margin_relative=0.1, margin_ms=25.0, failure_penalty_ms=800.0, rise=3, fall=4
+        window=1800.0, min_success_rate=0.75, margin_relative=0.1, margin_ms=25.0, failure_penalty_ms=800.0, rise=3, fall=4,
+        latency="warm", half_life=300.0,
     )
     assert config.retention == RetentionSettings(raw=2 * 86400.0, hourly=30 * 86400.0)
     assert config.on_switch == ("notify-send", "line changed")
@@ -124,6 +130,8 @@ def test_minimal_config_gets_the_documented_defaults(cfg: Path) -> None:
     assert config.probe == ProbeSettings() and config.policy == PolicySettings() and config.retention == RetentionSettings()
     assert config.probe.path == "/v1/models" and config.probe.timeout == 5.0 and config.probe.samples == 3
     assert not config.targets and config.on_switch == () and config.exclude == frozenset()
+    assert config.policy.latency == "fresh" and config.policy.half_life == 120.0
+    assert config.probe.watch_every == config.probe.down_interval == 10.0, "the chosen line is watched as closely as a down one"
 
 
 def test_on_switch_as_a_list_is_taken_word_for_word(cfg: Path) -> None:
@@ -264,6 +272,9 @@ MISTAKES = [
     ("probe-null", GOOD_LINES + "probe:\n", 4, "probe must be a mapping"),
     ("interval-string", GOOD_LINES + "probe:\n  interval: often\n", 5, "probe.interval"),
     ("down-interval-zero", GOOD_LINES + "probe:\n  down_interval: 0\n", 5, "probe.down_interval"),
+    ("latency-unknown", GOOD_LINES + "policy:\n  latency: cold\n", 5, "policy.latency must be fresh (a new connection per request) or warm"),
+    ("half-life-zero", GOOD_LINES + "policy:\n  half_life: 0\n", 5, "policy.half_life must be a positive duration"),
+    ("watch-interval-word", GOOD_LINES + "probe:\n  watch_interval: often\n", 5, "probe.watch_interval must be a positive duration"),
     ("success-rate-above-one", GOOD_LINES + "policy:\n  min_success_rate: 1.5\n", 5, "policy.min_success_rate must be a number from 0 to 1, got 1.5"),
     ("success-rate-string", GOOD_LINES + "policy:\n  min_success_rate: '0.5'\n", 5, "policy.min_success_rate"),
     ("success-rate-huge-int", GOOD_LINES + "policy:\n  min_success_rate: " + "1" * 400 + "\n", 5, "policy.min_success_rate"),
@@ -445,8 +456,8 @@ def test_cli_reports_a_tagged_scalar_without_traceback(tmp_path: Path, run: Any)
 
 TOP_KEYS = ["key_env", "probe", "policy", "lines", "exclude", "targets", "retention", "on_switch"]
 SECTION_KEYS = [
-    "path", "timeout", "samples", "concurrency", "interval", "down_interval",
-    "window", "min_success_rate", "margin_relative", "margin_ms", "failure_penalty_ms", "rise", "fall",
+    "path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval",
+    "window", "min_success_rate", "margin_relative", "margin_ms", "failure_penalty_ms", "rise", "fall", "latency", "half_life",
     "dotenv", "claude_settings", "raw", "hourly", "name", "url", "proxy",
 ]  # fmt: skip
 TAGS = ["tag:yaml.org,2002:" + t for t in ("int", "float", "bool", "null", "timestamp", "binary", "str", "set", "omap", "python/none")] + ["!local"]

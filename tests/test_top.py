@@ -29,6 +29,8 @@ def top(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 def test_top_shows_each_line_the_choice_and_the_last_switch(relay: Relay, write_config, db_path: Path) -> None:
     config = write_config({"a": relay.url("a", delay_ms=5), "b": relay.url("b", delay_ms=30)}, probe=FAST, policy={"fall": 2, "rise": 2})
+    get(relay.url("a") + "/v1/models")  # the relay's first request pays its start-up in this process: not a's connect time
+    relay.set("a", delay_ms=5)
     daemon = make_daemon(config, db_path, Listen("127.0.0.1", 0))
 
     async def body() -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:

@@ -17,14 +17,14 @@ from ..config import Config, Line
 from ..policy import LineStats, Verdict
 from ..probe.phases import Phases, median_phases
 from ..probe.round import LineRun
-from ..store import Store
+from ..store import PARTIAL_ROUND_KINDS, Store
 from ..traffic import TrafficSummary
 
 if TYPE_CHECKING:
     from .gateway import Breakers
 
 FULL = "daemon"  # round kinds, as recorded in the rounds table
-RECHECK = "daemon-recheck"
+RECHECK, WATCH = PARTIAL_ROUND_KINDS  # lines not fully healthy; the chosen line alone, every probe.watch_interval
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class LiveState:
     ttfb_count: Counter[str] = field(default_factory=Counter)  # successful samples timed since start: a summary's _count
     ttfb_sum_ms: Counter[str] = field(default_factory=Counter)
     last_round_at: float | None = None
+    last_full_round_at: float | None = None  # a round of every line: what makes the record whole
     started_at: float = field(default_factory=time.time)
     breakers: Breakers | None = None  # the gateway's, while the daemon serves one
     order: tuple[Line, ...] = ()  # the lines in the policy's order, chosen first: where the gateway sends requests
@@ -99,9 +100,19 @@ class LiveState:
     def health_of(self, name: str) -> Health:
         return self.health.get(name, Health())
 
-    def unsteady_lines(self) -> tuple[Line, ...]:
-        """Lines to re-check on the fast schedule: failing probes, or failing real requests."""
-        return tuple(line for line in self.config.active_lines if not self.health_of(line.name).steady or self.skipped(line.name))
+    def unsteady_lines(self, besides: str | None = None) -> tuple[Line, ...]:
+        """Lines to re-check on the fast schedule: failing probes, or failing real requests (`besides` is watched apart)."""
+        return tuple(
+            line for line in self.config.active_lines
+            if (not self.health_of(line.name).steady or self.skipped(line.name)) and line.name != besides
+        )
+
+    def record_is_whole(self, now: float) -> bool:
+        """Whether a full round finished within the policy window. Until one has (at start, after a
+        laptop slept longer than the window), the window may hold only the few lines a re-check
+        probed, and a decision on those alone would be a guess."""
+        last = self.last_full_round_at
+        return last is not None and now - last <= self.config.policy.window
 
     def skipped(self, name: str) -> bool:
         """The gateway skips the line: its real requests kept failing."""
@@ -138,6 +149,8 @@ class LiveState:
                 flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))
         self.rounds[kind] += 1
         self.last_round_at = time.time()
+        if kind == FULL:
+            self.last_full_round_at = self.last_round_at
         return flips
 
     def reconfigure(self, config: Config) -> None:
@@ -156,7 +169,7 @@ class LiveState:
         window = self.store.window(line_ids, time.time() - config.policy.window)
         errors = picker.model_errors(config, self.store, line_ids)
         return [
-            policy.summarize(line.name, window[line.name], self.health_of(line.name).up, errors.get(line.name) or self.traffic_error(line.name))
+            policy.summarize(line.name, window[line.name], config.policy, self.health_of(line.name).up, errors.get(line.name) or self.traffic_error(line.name))
             for line in config.active_lines
         ]
 

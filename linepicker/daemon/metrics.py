@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..probe.phases import PHASES
 from ..traffic import Attempt
-from .live import FULL, RECHECK, LiveState
+from .live import FULL, RECHECK, WATCH, LiveState
 
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -102,6 +102,7 @@ class LiveCollector:
                         phases.add_metric([relay, name, phase.removesuffix("_ms")], value / 1000)
             rounds.add_metric([relay, "full"], live.rounds[FULL])
             rounds.add_metric([relay, "recheck"], live.rounds[RECHECK])
+            rounds.add_metric([relay, "watch"], live.rounds[WATCH])
             switches.add_metric([relay], live.switches)
             interval.add_metric([relay], live.config.probe.interval)
             if live.last_round_at is not None:

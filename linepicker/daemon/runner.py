@@ -11,8 +11,12 @@ Schedule, per relay: a full round every probe.interval (plus up to 10%
 jitter, at most 5 s, so many vantage points do not probe in lockstep), the
 first one at start; every probe.down_interval the lines that are not fully
 healthy (down, or up with failures pending, or skipped by the gateway) are
-re-probed on their own, as HAProxy does with fastinter/downinter. Retention
-runs at start and hourly. A relay with a `gateway:` block has its gateway
+re-probed on their own, as HAProxy does with fastinter/downinter; every
+probe.watch_interval the chosen line is re-probed, whatever else is running,
+so a hanging chosen line's failed rounds come one interval apart rather than
+one timeout apart. Every round decides on every line's whole record, but a
+re-check or a watch decides only once a full round has finished within the
+policy window. Retention runs at start and hourly. A relay with a `gateway:` block has its gateway
 served on the same loop, and a line failing real requests is re-checked at once.
 """
 
@@ -39,7 +43,7 @@ from ..store import Decision, RollUp, Store, resolve_db_path
 from ..words import counted
 from . import web
 from .gatewayservice import GatewayService, hand_out
-from .live import FULL, RECHECK, LiveState
+from .live import FULL, RECHECK, WATCH, LiveState
 from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -214,7 +218,7 @@ class Daemon:
             if missing := rounds.live.config.missing_key():
                 log.warning("%s%s", rounds.prefix, missing)
         self.store.set_relays(setup.relays)
-        self.store.finish_abandoned_rounds([FULL, RECHECK], "interrupted: an earlier daemon stopped mid-round")
+        self.store.finish_abandoned_rounds([FULL, RECHECK, WATCH], "interrupted: an earlier daemon stopped mid-round")
         gateways = [rounds.gateway for rounds in self.relays.values() if rounds.gateway is not None]
         try:
             for gateway in gateways:
@@ -244,12 +248,15 @@ class Daemon:
             scheduler.shutdown(wait=False)
             if runner:
                 await runner.cleanup()
-            self.store.finish_abandoned_rounds([FULL, RECHECK], "cancelled: the daemon was stopping")
+            self.store.finish_abandoned_rounds([FULL, RECHECK, WATCH], "cancelled: the daemon was stopping")
             log.info("daemon stopped")
 
     def _schedule_text(self) -> str:
         def one(config: Config) -> str:
-            return f"{counted(len(config.active_lines), 'line')}, round every {config.probe.interval:g}s, recheck every {config.probe.down_interval:g}s"
+            return (
+                f"{counted(len(config.active_lines), 'line')}, round every {config.probe.interval:g}s, "
+                f"recheck every {config.probe.down_interval:g}s, chosen line watched every {config.probe.watch_every:g}s"
+            )
 
         if not self.setup.named:
             return one(self.setup.relays[0])
@@ -403,19 +410,21 @@ class RelayRounds:
             log.warning("%sthe gateway: block is new: restart the daemon to serve it", self.prefix or f"relay {config.relay}: ")
 
     @property
-    def job_ids(self) -> tuple[str, str]:
+    def job_ids(self) -> tuple[str, str, str]:
         """Also the names SchedulerLog says: 'round', or 'relay claude: round' once there are several relays."""
-        return f"{self.prefix}round", f"{self.prefix}recheck"
+        return f"{self.prefix}round", f"{self.prefix}recheck", f"{self.prefix}watch"
 
     def schedule(self, scheduler: AsyncIOScheduler, first_full: dt.datetime | None) -> None:
         config = self.live.config
         full = dict(seconds=config.probe.interval, jitter=min(config.probe.interval * 0.1, 5.0))
         fast = dict(seconds=config.probe.down_interval, jitter=min(config.probe.down_interval * 0.1, 1.0))
         extra = {"next_run_time": first_full} if first_full else {}
-        round_id, recheck_id = self.job_ids
+        watch = dict(seconds=config.probe.watch_every, jitter=min(config.probe.watch_every * 0.1, 1.0))
+        round_id, recheck_id, watch_id = self.job_ids
         job = self.daemon._job
         scheduler.add_job(job(round_id, self.full_round), "interval", id=round_id, replace_existing=True, **full, **extra, **_JOB)
         scheduler.add_job(job(recheck_id, self.recheck), "interval", id=recheck_id, replace_existing=True, **fast, **_JOB)
+        scheduler.add_job(job(watch_id, self.watch), "interval", id=watch_id, replace_existing=True, **watch, **_JOB)
 
     def unschedule(self, scheduler: AsyncIOScheduler) -> None:
         for job_id in self.job_ids:
@@ -432,7 +441,7 @@ class RelayRounds:
                 self.gateway.reconfigure(config)
             elif config.gateway is not None:
                 log.warning("%sthe gateway: block is new: restart the daemon to serve it", self.prefix)
-            if scheduler is not None and (old.probe.interval, old.probe.down_interval) != (config.probe.interval, config.probe.down_interval):
+            if scheduler is not None and _intervals(old) != _intervals(config):
                 self.schedule(scheduler, first_full=None)
 
     async def full_round(self) -> None:
@@ -443,10 +452,33 @@ class RelayRounds:
         """Re-probe the lines that are down or failing, so a return or a fall is seen within seconds."""
         if self._round_lock.locked():
             return  # the round in progress probes these lines too
+        if not self.live.record_is_whole(time.time()):
+            await self.full_round()
+            return
         async with self._round_lock:
-            lines = self.live.unsteady_lines()
+            lines = self.live.unsteady_lines(besides=self._watched())
             if lines:
                 await self._round(RECHECK, lines)
+
+    async def watch(self) -> None:
+        """Re-probe the chosen line on its own, in a task of its own, so the next watch starts on time
+        even while this one waits on a line that hangs: its death is acted on within fall watch intervals
+        plus one timeout."""
+        if not self.live.record_is_whole(time.time()):
+            if not self._round_lock.locked():
+                await self.full_round()
+            return
+        chosen = self.store.choice()
+        line = self.live.config.line(chosen.name) if chosen else None
+        if line is not None and line in self.live.config.active_lines:
+            daemon = self.daemon
+            daemon._spawn(daemon._job(f"{self.prefix}watch round", lambda: self._round(WATCH, (line,)))())
+
+    def _watched(self) -> str | None:
+        """The chosen line, when the watch probes it at least as often as a re-check would."""
+        probe = self.live.config.probe
+        chosen = self.store.choice()
+        return chosen.name if chosen and probe.watch_every <= probe.down_interval else None
 
     def recheck_soon(self, name: str) -> None:
         """A line failing real requests is re-probed at once, not at the next round."""
@@ -462,13 +494,16 @@ class RelayRounds:
 
     async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
         config = self.live.config
-        previous = self.store.choice()
         round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        previous = self.store.choice()  # read now: a watch round may have switched while this one measured
         for flip in self.live.record(kind, runs):
             if flip.up:
                 log.info("%sline %s is up again after %s", self.prefix, flip.line, counted(flip.rounds, "good round"))
             else:
                 log.warning("%sline %s is down after %s: %s", self.prefix, flip.line, counted(flip.rounds, "failed round"), flip.last_error or "no answer")
+        if kind != FULL and not self.live.record_is_whole(time.time()):
+            self.store.finish_round(round_id, None, "not deciding: no full round within the policy window")
+            return
         verdict, chosen = picker.choose(config, self.store, self.live.stats(), round_id, previous)
         self.live.set_order(verdict.chosen or (previous.name if previous else None), verdict)
         log.debug("%s%s round %d on %s: %s", self.prefix, kind, round_id, ", ".join(line.name for line in lines), verdict.reason)
@@ -497,6 +532,10 @@ class RelayRounds:
         if config.on_switch:
             daemon = self.daemon
             daemon._spawn(daemon._job("on_switch", lambda: daemon._run_hook(config.on_switch, chosen, config.relay))())
+
+
+def _intervals(config: Config) -> tuple[float, float, float]:
+    return config.probe.interval, config.probe.down_interval, config.probe.watch_every
 
 
 _JOB = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

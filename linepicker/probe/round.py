@@ -20,9 +20,11 @@ from ..config import Line, ProbeSettings
 from .outcomes import TIMEOUT, UNFINISHED
 from .phases import Phases
 from .sample import Sample, probe_once
-from .timing import make_ssl_context, proxy_for
+from .timing import Stamps, fresh_session, make_ssl_context, proxy_for
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .chat import ChatSample
 
 
@@ -32,7 +34,7 @@ class LineRun:
 
     line: Line
     samples: list[Sample] = field(default_factory=list)
-    inflight_since: float | None = None  # perf_counter start of the sample in flight
+    inflight: Stamps | None = None  # the sample in flight: how far it got, and since when
     sampled: bool = False  # every sample taken; a follow-up may still run
     done: bool = False
     chat: ChatSample | None = None  # the streaming chat probe, when one ran this round
@@ -54,6 +56,7 @@ async def probe_line(
     limits: Limits,
     on_sample: Callable[[Sample], None] | None = None,
     follow_up: FollowUp | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> None:
     """Samples of one line go one after another, so they never compete with each other.
 
@@ -63,10 +66,10 @@ async def probe_line(
     """
     for seq in range(settings.samples):
         async with limits.place():
-            run.inflight_since = time.perf_counter()
-            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy)
+            run.inflight = Stamps()
+            sample = await probe_once(run.line, seq, settings, key, ssl_context, proxy, run.inflight, session)
         run.samples.append(sample)
-        run.inflight_since = None
+        run.inflight = None
         if on_sample:
             on_sample(sample)
         if sample.outcome == TIMEOUT:
@@ -158,41 +161,48 @@ async def probe_round(
     limits = Limits(sockets=asyncio.Semaphore(socket_budget()), busy=asyncio.Semaphore(settings.concurrency))
     environment = urllib.request.getproxies_environment()
     runs = [LineRun(line) for line in lines]
-    tasks = {
-        asyncio.ensure_future(
-            probe_line(
-                run, settings, key, contexts[not run.line.insecure],
-                proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample, follow_up,
-            )
-        ): run
-        for run in runs
-    }
-    pending = set(tasks)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=tick if settled else None, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            if pending and settled and settled(runs):
-                break
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-    now = time.perf_counter()
+    async with fresh_session() as session:
+        tasks = {
+            asyncio.ensure_future(
+                probe_line(
+                    run, settings, key, contexts[not run.line.insecure],
+                    proxy_for(run.line, run.line.url + settings.path, environment), limits, on_sample, follow_up, session,
+                )
+            ): run
+            for run in runs
+        }
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=tick if settled else None, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                if pending and settled and settled(runs):
+                    break
+        finally:
+            stopped = time.perf_counter()
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
     for run in (tasks[task] for task in pending if not tasks[task].sampled):
-        elapsed = (now - run.inflight_since) * 1000 if run.inflight_since else None
-        run.samples.append(
-            Sample(
-                line=run.line.name,
-                seq=len(run.samples),
-                started_at=time.time() - (elapsed or 0) / 1000,
-                outcome=UNFINISHED,
-                success=None,
-                phases=Phases(total_ms=round(elapsed, 3) if elapsed is not None else None),
-                error="not waited for: the choice was already settled",
-                key_sent=bool(key),
-            )
-        )
+        run.samples.append(_unfinished(run, stopped, key))
     return runs
+
+
+def _unfinished(run: LineRun, now: float, key: str | None) -> Sample:
+    """The record of a sample the round stopped waiting for: the phases it reached and how long it
+    waited, a lower bound the policy keeps counting, never a failure."""
+    stamps = run.inflight
+    phases = stamps.unanswered(now) if stamps is not None else Phases()
+    waited = f"no answer within {phases.total_ms:.0f} ms; " if phases.total_ms is not None else ""
+    return Sample(
+        line=run.line.name,
+        seq=len(run.samples),
+        started_at=time.time() - (phases.total_ms or 0) / 1000,
+        outcome=UNFINISHED,
+        success=None,
+        phases=phases,
+        error=f"{waited}not waited for: the choice was already settled",
+        key_sent=bool(key),
+    )

@@ -9,11 +9,15 @@ from __future__ import annotations
 import ssl
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import Line, ProbeSettings
 from .outcomes import classify_exception, classify_response, is_success, redact
 from .phases import Phases
 from .timing import BODY_CAP, MODELS_CAP, Stamps, api_headers, read_capped, timed_request
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ANTHROPIC_MODELS_PAGE = 1000  # the most /v1/models returns at once
 
@@ -32,16 +36,27 @@ class Sample:
 
 
 async def probe_once(
-    line: Line, seq: int, settings: ProbeSettings, key: str | None, ssl_context: ssl.SSLContext, proxy: str | None
+    line: Line,
+    seq: int,
+    settings: ProbeSettings,
+    key: str | None,
+    ssl_context: ssl.SSLContext,
+    proxy: str | None,
+    stamps: Stamps | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> Sample:
-    """One request on a fresh connection, ended by a total deadline however the server misbehaves."""
+    """One request on a fresh connection, ended by a total deadline however the server misbehaves.
+
+    `stamps` may be handed in by a caller that watches the request while it waits; `session`
+    (timing.fresh_session) by a round that shares one among its requests."""
     url = line.url + request_path(settings)
     headers = api_headers(settings.api, key)
-    stamps = Stamps(start=time.perf_counter())
+    stamps = stamps or Stamps()
+    stamps.start = time.perf_counter()
     started_at = time.time()
     status = None
     try:
-        async with timed_request("GET", url, stamps, ssl_context, settings.timeout, headers, proxy) as response:
+        async with timed_request("GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session) as response:
             status = response.status
             body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
             stamps.body_end = time.perf_counter()

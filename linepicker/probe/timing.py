@@ -18,7 +18,7 @@ import os
 import ssl
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -61,6 +61,11 @@ class Stamps:
         """When the answer began: its first bytes, else (if they came before they could be
         watched) the parsed headers, which are later by aiohttp's parsing and a loop turn."""
         return self.first_byte if self.first_byte is not None else self.headers
+
+    def unanswered(self, now: float) -> Phases:
+        """The phases of a request still waiting at `now`: those it completed, and as ttfb and total
+        how long it has waited since the request went out and since it began (the least they can be)."""
+        return replace(self.phases(), ttfb_ms=span_ms(self.request_sent, now), total_ms=span_ms(self.start, now))
 
     def phases(self) -> Phases:
         connect_from = self.dns_end if self.dns_end is not None else self.conn_start
@@ -209,11 +214,14 @@ def proxy_for(line: Line, url: str, environment: dict[str, str] | None = None) -
     return proxies.get(scheme) or proxies.get("all")
 
 
-def fresh_session(ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
-    """A session for one request: a reused connection or a cached address would hide the phases being timed."""
+def fresh_session(ssl_context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+    """A session whose every request opens a new connection after a new lookup: a reused connection or a
+    cached address would hide the phases being timed. A round shares one among all its requests (a
+    session and its connector cost more CPU to make and close than the bare request does); the
+    connections are still one per request, and `probe.concurrency` is enforced by the round, not here."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context, limit=1)
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context or True, limit=0)
     return aiohttp.ClientSession(
         connector=connector, trace_configs=[_trace_config()], response_class=_first_byte_response(), trust_env=False
     )
@@ -273,19 +281,24 @@ async def timed_request(
     timeout: float,
     headers: dict[str, str],
     proxy: str | None,
+    session: aiohttp.ClientSession | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """One request on a fresh session, under one total deadline, stamping `stamps` as it goes.
+    """One request on a new connection (in `session`, made by fresh_session, else in one of its own),
+    under one total deadline, stamping `stamps` as it goes.
 
     The deadline covers reading the answer inside the block too, so however a
     server misbehaves the request ends; `stamps.end` is set on every way out.
     """
     token = current_stamps.set(stamps)
     try:
-        async with fresh_session(ssl_context) as session:
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(fresh_session(ssl_context))
             async with asyncio.timeout(timeout):
                 async with session.request(
-                    method, url, headers=headers, proxy=proxy, max_redirects=MAX_REDIRECTS, trace_request_ctx=stamps, **kwargs
+                    method, url, headers=headers, proxy=proxy, max_redirects=MAX_REDIRECTS, trace_request_ctx=stamps,
+                    ssl=ssl_context, **kwargs,
                 ) as response:
                     stamps.headers = time.perf_counter()
                     yield response

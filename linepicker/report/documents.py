@@ -42,14 +42,20 @@ def _sample_json(sample: Sample) -> dict[str, Any]:
     }
 
 
-def _stats_json(stats: LineStats, judgement: Judgement) -> dict[str, Any]:
+def _stats_json(stats: LineStats, judgement: Judgement, measured: bool = True) -> dict[str, Any]:
+    """A line's figures over the policy window; `healthy` is null for a line not measured in its latest round."""
+    parts = judgement.parts
     return {
-        "healthy": judgement.eligible,
+        "healthy": judgement.eligible if measured else None,
         "p50_ms": None if stats.p50_ms is None else round(stats.p50_ms, 3),
         "p95_ms": None if stats.p95_ms is None else round(stats.p95_ms, 3),
         "success_rate": stats.success_rate,
         "samples_in_window": stats.samples,
         "score": None if judgement.score is None else round(judgement.score, 3),
+        "score_parts": None if parts is None else {name: round(value, 3) for name, value in vars(parts).items()},
+        "score_is_lower_bound": judgement.lower_bound,
+        "evidence": round(stats.evidence, 2),
+        "unanswered_in_window": stats.unanswered,
         "why_not": judgement.why_not,
     }
 
@@ -121,16 +127,18 @@ def round_json(result: RoundResult, config: Config, with_samples: bool, client_c
     lines = []
     for report in result.lines:
         entry = {"name": report.line.name, "url": report.line.url, "insecure": report.line.insecure}
-        entry.update(_stats_json(report.stats, judgement_of(result, report, config)))
+        entry.update(_stats_json(report.stats, judgement_of(result, report, config), report.measured))
         entry["error"] = last_error(report.samples)
         entry["outcomes"] = [s.outcome for s in report.samples]
-        entry["phases"] = vars(median_phases(report.samples))
+        entry["phases"] = vars(median_phases(report.answered))
         if config.probe.chat is not None:
             entry["chat"] = _chat_json(report.chat)
         if with_samples:
             entry["samples"] = [_sample_json(s) for s in report.samples]
         lines.append(entry)
-    data: dict[str, Any] = {"config": str(config.source), "round_id": result.round_id, "elapsed_s": round(result.elapsed_s, 3)}
+    data: dict[str, Any] = {
+        "config": str(config.source), "round_id": result.round_id, "elapsed_s": round(result.elapsed_s, 3), "latency": config.policy.latency,
+    }
     if result.verdict is not None:
         chosen = result.chosen if result.verdict.chosen else None
         data["chosen"] = {"name": chosen.name, "url": chosen.url} if chosen else None
@@ -150,7 +158,7 @@ def status_json(status: Status, config: Config, line_extras: Mapping[str, Mappin
     lines = []
     for entry in status.lines:
         item = {"name": entry.line.name, "url": entry.line.url, "insecure": entry.line.insecure}
-        item.update(_stats_json(entry.stats, entry.judgement))
+        item.update(_stats_json(entry.stats, entry.judgement, entry.measured))
         item["last_outcome"] = entry.last.outcome if entry.last else None
         item["error"] = entry.last.error if entry.last else None
         item["last_probed_at"] = iso_time(entry.last.at) if entry.last else None
@@ -161,6 +169,7 @@ def status_json(status: Status, config: Config, line_extras: Mapping[str, Mappin
     return {
         "config": str(config.source),
         "window_s": status.window_s,
+        "latency": config.policy.latency,
         "chosen": {"name": status.choice.name, "url": status.choice.url} if status.choice else None,
         "choice": decision_json(status.choice),
         "pinned": status.pinned,

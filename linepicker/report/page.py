@@ -133,9 +133,15 @@ def _card(view: LineView, chosen: bool, chart: str, now: float) -> str:
         badges += '<span class="badge bad">certificate NOT checked (insecure: true)</span>'
     if view.traffic is not None and view.traffic.breaker != "closed":
         badges += f'<span class="badge {"bad" if view.traffic.breaker == "open" else "warn"}">gateway: {_breaker(view.traffic)}</span>'
+    judgement = entry.judgement
+    parts = judgement.parts
+    breakdown = (
+        f" = p50 {parts.p50_ms:.1f} + tail {parts.tail_ms:.1f} + failures {parts.failure_ms:.1f} + thin evidence {parts.confidence_ms:.1f}"
+        if parts else ""
+    )
     verdict = (
-        f"score {entry.judgement.score:.1f} ms" if entry.judgement.eligible and entry.judgement.score is not None
-        else f"not eligible: {entry.judgement.why_not}"
+        f"score {'> ' if judgement.lower_bound else ''}{judgement.score:.1f} ms{breakdown}" if judgement.eligible and judgement.score is not None
+        else f"not eligible: {judgement.why_not}"
     )
     outcome = html.escape(entry.last.outcome if entry.last else "never probed")
     error = f' <span class="error">{html.escape(entry.last.error)}</span>' if entry.last and entry.last.error else ""

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..clientenv import DEFAULT_RELAY
 from ..config import Config, Line, Setup
 from ..picker import RoundResult, Status
+from ..policy import Judgement, LineStats
 from ..probe.phases import median_phases
 from ..words import counted
 from .documents import iso_time, judgement_of, last_error, no_eligible_hint
@@ -99,6 +100,32 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _score(judgement: Judgement) -> str:
+    """A score that counts unanswered requests at their wait so far is a floor: '> N'."""
+    if judgement.score is None:
+        return "-"
+    return f"> {judgement.score:.1f}" if judgement.lower_bound else f"{judgement.score:.1f}"
+
+
+def _wait_cells(judgement: Judgement, stats: LineStats) -> tuple[str, str]:
+    """The score's p50 and tail parts; blank for a line that never answered, whose only waits are floors."""
+    if judgement.parts is None or not stats.successes:
+        return "-", "-"
+    return _ms(judgement.parts.p50_ms), _ms(judgement.parts.tail_ms)
+
+
+def _waited(samples: list[Sample]) -> str:
+    """A line not answered this round: how long it was waited for, never a verdict."""
+    waits = [s.phases.total_ms for s in samples if s.success is None and s.phases.total_ms is not None]
+    return f"> {max(waits):.0f} ms" if waits else "-"
+
+
+def _latency_words(config: Config) -> str:
+    if config.policy.latency == "warm":
+        return "waits: time to first byte, as on a kept-alive connection"
+    return "waits: dns + connect + tls + ttfb, as on a fresh connection"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -140,31 +167,35 @@ def _insecure_notes(lines: Iterable[Line]) -> None:
 def render_round(result: RoundResult, config: Config) -> None:
     chosen = result.verdict.chosen if result.verdict else None
     chat = config.probe.chat is not None
-    headers = ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "success", "score") + (("ttft", "tok/s") if chat else ())
-    table = _table(f"{counted(len(result.lines), 'line')}, {result.elapsed_s:.2f} s", headers)
-    notes = []
+    headers = ("", "line", "outcome", "dns", "connect", "tls", "ttfb", "p50", "tail", "success", "score") + (("ttft", "tok/s") if chat else ())
+    rows, styles, notes = [], [], []
     for report in result.lines:
         judgement = judgement_of(result, report, config)
-        phases = median_phases(report.samples)
-        table.add_row(
+        phases = median_phases(report.answered)
+        rows.append((
             "▶" if report.line.name == chosen else "",
             escape(report.line.name) + (" [bold red](insecure)[/]" if report.line.insecure else ""),
             escape(_outcomes(report.samples)),
             _ms(phases.dns_ms),
             _ms(phases.connect_ms),
             _ms(phases.tls_ms),
-            _ms(phases.ttfb_ms),
-            _ms(report.stats.p50_ms),
+            _ms(phases.ttfb_ms) if report.measured else _waited(report.samples),
+            *_wait_cells(judgement, report.stats),
             _rate(report.stats.success_rate),
-            _ms(judgement.score),
+            _score(judgement),
             *(_chat_cells(report.chat) if chat else ()),
-            style="bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim"),
-        )
+        ))
+        styles.append("bold green" if report.line.name == chosen else ("" if judgement.eligible else "dim"))
         notes.append((report.line.name, last_error(report.samples) or judgement.why_not))
+    # No lookup for an IP address, no handshake over http: a column of dashes only takes room from the others.
+    shown = [i for i, header in enumerate(headers) if header not in ("dns", "tls") or any(row[i] != "-" for row in rows)]
+    table = _table(f"{counted(len(result.lines), 'line')}, {result.elapsed_s:.2f} s", tuple(headers[i] for i in shown))
+    for row, style in zip(rows, styles):
+        table.add_row(*(row[i] for i in shown), style=style)
     stdout.print(table)
     _notes(notes)
     _insecure_notes(report.line for report in result.lines)
-    stdout.print("[dim]phases: this round's medians in ms; p50, success and score: the policy window[/]")
+    stdout.print(f"[dim]phases: this round's medians in ms; p50, tail, success and score: the policy window ({_latency_words(config)})[/]")
     if chat:
         stdout.print(f"[dim]ttft, tok/s: this round's chat with {escape(config.probe.chat.model)} (- : not due or the line did not answer)[/]")
     if result.verdict is None:
@@ -192,7 +223,7 @@ def client_warnings(findings: list[Any]) -> None:
 def render_status(status: Status) -> None:
     chosen = status.choice.name if status.choice else None
     chat = any(entry.chat for entry in status.lines)
-    headers = ("", "line", "samples", "success", "p50", "p95", "score", "last outcome") + (("ttft", "tok/s") if chat else ())
+    headers = ("", "line", "samples", "success", "p50", "tail", "score", "last outcome") + (("ttft", "tok/s") if chat else ())
     table = _table(f"last {status.window_s / 60:g} min", headers)
     notes = []
     for entry in status.lines:
@@ -201,9 +232,8 @@ def render_status(status: Status) -> None:
             escape(entry.line.name) + (" [bold red](insecure)[/]" if entry.line.insecure else ""),
             str(entry.stats.samples),
             _rate(entry.stats.success_rate),
-            _ms(entry.stats.p50_ms),
-            _ms(entry.stats.p95_ms),
-            _ms(entry.judgement.score),
+            *_wait_cells(entry.judgement, entry.stats),
+            _score(entry.judgement),
             escape(entry.last.outcome if entry.last else "never probed"),
             *(_chat_cells(entry.chat) if chat else ()),
             style="bold green" if entry.line.name == chosen else ("" if entry.judgement.eligible else "dim"),
@@ -212,6 +242,7 @@ def render_status(status: Status) -> None:
     stdout.print(table)
     _notes(notes)
     _insecure_notes(entry.line for entry in status.lines)
+    stdout.print("[dim]p50, tail: the median wait in ms and half its spread to p90; score adds failures and thin evidence (--json: score_parts)[/]")
     if status.choice:
         stdout.print(
             f"[bold]chosen: {escape(status.choice.name)}[/] {escape(status.choice.url)} since {iso_time(status.choice.decided_at)}: {escape(status.choice.reason)}"
