@@ -2,8 +2,9 @@
 
 Pure functions over plain data: the same judgement serves a one-shot `pick`,
 the daemon and the early stop of a round, and tests need no network. The
-input is a list of `Observation`s per line, whatever measured them, so real
-traffic can be judged beside the probes one day.
+input is a list of `Observation`s per line, whatever measured them: probes
+time a line and say whether it answers, and the gateway's real requests add
+whether it served them.
 
 A line's score is in milliseconds of what a client waits for (README, "How
 the choice is made"): the recency-weighted median wait, plus how much waits

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import heapq
 import itertools
 import os
 import sqlite3
@@ -643,7 +644,24 @@ class Store:
                 Observation(at, None if success is None else success == 1, setup, ttfb, waited, round_id, "probe", round_id in partial)
                 for _, at, success, setup, ttfb, waited, round_id in group
             ]
+        for name, traffic in self._traffic_observations(names, since).items():
+            result[name] = list(heapq.merge(result[name], traffic, key=lambda observation: observation.at))
         return result
+
+    def _traffic_observations(self, names: dict[int, str], since: float) -> dict[str, list[Observation]]:
+        """The gateway's real requests as evidence of failure or success, never of latency: a
+        completion's head waits for the model, so only the probes time a line. They are marked
+        partial, as a line carrying the traffic would otherwise look better proven than the others."""
+        marks = ",".join("?" * len(names))
+        rows = self.conn.execute(
+            f"select line_id, started_at, success from traffic where line_id in ({marks}) and started_at >= ? and success is not null "
+            "order by line_id, started_at",
+            [*names, since],
+        )
+        return {
+            names[line_id]: [Observation(at, success == 1, kind="traffic", partial=True) for _, at, success in group]
+            for line_id, group in itertools.groupby(rows, key=lambda row: row[0])
+        }
 
     def last_samples(self, line_ids: dict[str, int]) -> dict[str, LastSample]:
         """The newest sample of each line, for 'last outcome' and 'last error' in status."""

@@ -283,3 +283,42 @@ relays:
         parse_setup(text.encode(), tmp_path / "lines.yaml")
     message = str(error.value)
     assert "lines.yaml:8" in message and "'a'" in message and "'b'" in message and "127.0.0.1:9138" in message
+
+
+def test_the_policy_counts_real_requests_a_line_failed_beside_its_probes(write_config, run, db_path: Path) -> None:
+    """Probes say both lines answer and a is faster; the gateway's record says a failed most real
+    requests: a's score carries those failures and the choice goes to b. Traffic never times a line."""
+    from conftest import stdout_json
+    from linepicker.config import load_config
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
+    from linepicker.store import Store
+    from linepicker.traffic import Attempt
+
+    config = write_config({"a": "http://127.0.0.1:9/a", "b": "http://127.0.0.1:9/b"})
+    now = time.time()
+    with Store(db_path) as store:
+        ids = store.line_ids(load_config(config).active_lines)
+        round_id = store.start_round("pick")
+        store.add_samples(round_id, ids, [
+            Sample(name, seq, now - 60 + seq, "ok", True, Phases(dns_ms=1, connect_ms=1, tls_ms=1, ttfb_ms=ttfb))
+            for seq in range(10) for name, ttfb in (("a", 40.0), ("b", 70.0))
+        ])
+        store.finish_round(round_id, None, "seeded")
+
+    def scores() -> dict[str, dict[str, Any]]:
+        return {line["name"]: line for line in stdout_json(run("status", "--json", "--config", str(config)))["lines"]}
+
+    before = scores()
+    assert before["a"]["score"] < before["b"]["score"] and before["a"]["score_parts"]["failure_ms"] == 0
+    with Store(db_path) as store:
+        ids = store.line_ids(load_config(config).active_lines)
+        store.add_traffic(ids, [
+            Attempt("a", 1, now - 30 + n, "POST", "/v1/chat/completions", "not_api" if n % 4 else "ok", n % 4 == 0, ttfb_ms=5000.0)
+            for n in range(12)
+        ])
+    after = scores()
+    assert after["a"]["score_parts"]["failure_ms"] > 0, "failed real requests count against the line"
+    assert after["a"]["score"] is None or after["a"]["score"] > after["b"]["score"], "b now waits less for a client than a, failures included"
+    assert after["a"]["score"] is not None or "success" in after["a"]["why_not"]
+    assert after["a"]["score_parts"]["p50_ms"] == before["a"]["score_parts"]["p50_ms"], "a completion's 5 s head is not a probe's latency"
