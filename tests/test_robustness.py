@@ -323,7 +323,7 @@ def _kill_writers(directory: Path, kills: int, seed: int) -> set[str]:
         child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(dotenv), str(settings), *URLS], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert child.stdout is not None and child.stdout.readline() == b"ready\n", child.stderr.read() if child.stderr else ""
-            time.sleep(rng.uniform(0, 0.03))
+            time.sleep(rng.uniform(0, 0.12))  # a few rewrites of a 600 KB settings.json (about 35 ms each), so kills land before and after switches
             assert child.poll() is None, child.stderr.read() if child.stderr else ""
         finally:
             child.send_signal(signal.SIGKILL)
