@@ -60,9 +60,11 @@ async def probe_once(
             status = response.status
             body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
             stamps.body_end = time.perf_counter()
-            outcome, error = classify_response(response.status, response.content_type, body, complete, settings.api, settings.require_models)
+            outcome, error = classify_response(
+                response.status, response.content_type, body, complete, settings.api, settings.require_models, key
+            )
     except Exception as exc:
-        outcome, error = classify_exception(exc, settings.timeout)
+        outcome, error = classify_exception(exc, settings.timeout, key)
     return Sample(
         line=line.name,
         seq=seq,
