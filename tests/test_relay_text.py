@@ -77,8 +77,9 @@ class HostileRelay:
 class Seen:
     """Everything the CLI and the daemon left where a user or another program can read it."""
 
-    places: dict[str, bytes]
-    stored_errors: dict[str, str]
+    places: dict[str, bytes]  # outputs, log, pages, and the database files byte for byte
+    stored_errors: dict[str, str]  # the first error recorded for each line (sample or chat)
+    stored_text: list[str]  # every text value in every table of the database
 
 
 def _get(url: str) -> bytes:
@@ -149,10 +150,12 @@ def seen(server: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "select l.name, s.error from samples s join lines l on l.id = s.line_id where s.error is not null"
             " union all select l.name, c.error from chats c join lines l on l.id = c.line_id where c.error is not null"
         ).fetchall()
+        tables = [name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")]
+        text = [value for table in tables for row in conn.execute(f"select * from {table}") for value in row if isinstance(value, str)]
     stored: dict[str, str] = {}
     for name, error in rows:
         stored.setdefault(name, error)
-    yield Seen(places, stored)
+    yield Seen(places, stored, text)
 
 
 def test_no_piece_of_a_long_key_echoed_by_a_relay_is_kept_anywhere(seen: Seen) -> None:
@@ -167,7 +170,9 @@ def test_no_piece_of_a_long_key_echoed_by_a_relay_is_kept_anywhere(seen: Seen) -
 def test_control_characters_a_relay_sent_reach_no_terminal_file_or_page(seen: Seen) -> None:
     error = seen.stored_errors["osc502"]
     assert "pwned" in error and "reversed" in error, "the title is still shown, made harmless"
-    raw = {name: [c for c in RAW_CONTROLS if c.encode() in data] for name, data in seen.places.items()}
+    texts = {name: data.decode("utf-8", "replace") for name, data in seen.places.items() if ".db" not in name}  # the database is binary
+    texts.update({f"database value {n}": value for n, value in enumerate(seen.stored_text)})
+    raw = {name: [c for c in RAW_CONTROLS if c in text] for name, text in texts.items()}
     assert not {name: found for name, found in raw.items() if found}, "raw control characters got through"
     for name in ("pick --json stdout", "status --json stdout", "GET /api/status"):
         text = json.dumps(json.loads(seen.places[name]), ensure_ascii=False)

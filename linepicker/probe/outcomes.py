@@ -67,6 +67,11 @@ _TOKEN_SHAPES = re.compile(
     r"|(?P<label>\b(?:(?:x-)?api[_-]?key|key|token|access[_-]?token|secret|password|passwd|authorization)\b\W{1,4})[A-Za-z0-9._~+/=-]{16,}"
 )
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# What a terminal acts on rather than shows: C0 controls (ESC starts CSI and OSC sequences that recolour,
+# retitle or clear the terminal; CR and BS overwrite what came before), DEL, the C1 controls (U+009B is
+# CSI on its own), and the bidirectional overrides and isolates that reorder the rest of a line.
+# Whitespace among them is made a space by relay_text's split(); the rest become U+FFFD.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def relay_text(text: str, secret: str | None, limit: int | None = None) -> str:
@@ -77,8 +82,10 @@ def relay_text(text: str, secret: str | None, limit: int | None = None) -> str:
     key. Every run of KEY_RUN or more of its characters is masked, whatever
     surrounds it, and so are credentials of any shape, because a relay's error
     page may quote someone else's token, or ours in a form we did not send.
+    Control characters are neutralised here too, so no relay can drive the
+    terminal of whoever reads `status` or the daemon's log.
     """
-    text = " ".join(text.split())
+    text = _CONTROLS.sub("\ufffd", " ".join(text.split()))
     text = _mask_key(text, secret)
     text = _TOKEN_SHAPES.sub(_mask_shape, text)
     if limit is not None and len(text) > limit:
