@@ -19,7 +19,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..words import counted
-from .timing import MAX_REDIRECTS, MODELS_CAP
+from .timing import MAX_REDIRECTS, MODELS_CAP, BadRedirect, RedirectRefused
 
 if TYPE_CHECKING:
     import aiohttp
@@ -43,6 +43,7 @@ RATE_LIMITED = "rate_limited"
 UNFINISHED = "unfinished"
 MISSING_MODEL = "missing_model"
 MODEL_ERROR = "model_error"
+REDIRECT = "redirect"  # sent elsewhere than probe.follow_redirects allows: the answer is another host's
 
 
 
@@ -69,9 +70,10 @@ _TOKEN_SHAPES = re.compile(
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # What a terminal acts on rather than shows: C0 controls (ESC starts CSI and OSC sequences that recolour,
 # retitle or clear the terminal; CR and BS overwrite what came before), DEL, the C1 controls (U+009B is
-# CSI on its own), and the bidirectional overrides and isolates that reorder the rest of a line.
+# CSI on its own), and the bidirectional overrides and isolates that reorder the rest of a line;
+# also lone surrogates (bytes a header or URL could not decode), which no UTF-8 file or page can hold.
 # Whitespace among them is made a space by relay_text's split(); the rest become U+FFFD.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def relay_text(text: str, secret: str | None, limit: int | None = None) -> str:
@@ -226,6 +228,10 @@ def _exception_outcome(exc: Exception, timeout: float) -> tuple[str, str]:
 
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return TIMEOUT, f"no complete answer within {timeout:g}s"
+    if isinstance(exc, RedirectRefused):
+        return REDIRECT, str(exc)
+    if isinstance(exc, BadRedirect):
+        return PROTOCOL, str(exc)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return TLS, f"certificate rejected: {_ssl_reason(exc.certificate_error)}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
@@ -251,9 +257,10 @@ def _exception_outcome(exc: Exception, timeout: float) -> tuple[str, str]:
         return PROTOCOL, f"not an HTTP answer: {_first_line(exc.message) or exc.status}"
     if isinstance(exc, (aiohttp.ClientOSError, OSError)):
         return _classify_os_error(exc, "read")
-    if isinstance(exc, aiohttp.ClientError):
-        return PROTOCOL, f"{type(exc).__name__}: {_first_line(exc)}"
-    raise exc
+    # Anything else (a ClientError not named above, or a ValueError or UnicodeError
+    # from deep in aiohttp or the codecs over what a relay sent) still ends only this
+    # sample: a round must record every other line whatever this one did.
+    return PROTOCOL, f"{type(exc).__name__}: {_first_line(exc) or 'no message'}"
 
 
 def _reset_mid_body(exc: aiohttp.ClientPayloadError) -> bool:

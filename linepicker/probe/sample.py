@@ -56,7 +56,9 @@ async def probe_once(
     started_at = time.time()
     status = None
     try:
-        async with timed_request("GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session) as response:
+        async with timed_request(
+            "GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session, settings.follow_redirects
+        ) as response:
             status = response.status
             body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
             stamps.body_end = time.perf_counter()
