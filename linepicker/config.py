@@ -69,6 +69,7 @@ class ProbeSettings:
     require_models: tuple[str, ...] = ()  # model ids every eligible line must list
     chat: ChatSettings | None = None
     follow_redirects: str = "same-origin"  # a redirect elsewhere is an outcome of its own, not the line's answer
+    nameservers: tuple[str, ...] = ()  # DNS servers to ask instead of the system's ("ip" or "ip:port")
 
     @property
     def watch_every(self) -> float:
@@ -741,7 +742,7 @@ class _Validator:
         keys = self.mapping(
             node,
             "probe",
-            {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval", "api", "require_models", "chat", "follow_redirects"},
+            {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval", "api", "require_models", "chat", "follow_redirects", "nameservers"},
         )
         settings: dict[str, Any] = {}
         if "path" in keys:
@@ -772,7 +773,32 @@ class _Validator:
             if follow not in FOLLOW_REDIRECTS:
                 raise self.fail(keys["follow_redirects"], f"probe.follow_redirects must be one of {', '.join(FOLLOW_REDIRECTS)}, got {follow!r}")
             settings["follow_redirects"] = follow
+        if "nameservers" in keys:
+            settings["nameservers"] = self.nameservers(keys["nameservers"])
         return ProbeSettings(**settings)
+
+    def nameservers(self, node: yaml.Node) -> tuple[str, ...]:
+        """IP addresses, each with an optional port (1.1.1.1, 127.0.0.1:5353, [::1]:53): c-ares takes nothing else."""
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, "probe.nameservers must name a DNS server or a list of them")
+        servers = []
+        for item in items:
+            text = self.text(item, "probe.nameservers entry")
+            host, port = text, None
+            if text.startswith("["):
+                host, _, port = text[1:].partition("]")
+                port = port.removeprefix(":") or None
+            elif text.count(":") == 1:
+                host, port = text.split(":")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise self.fail(item, f"probe.nameservers entry {text!r} must be an IP address, with an optional :port") from None
+            if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+                raise self.fail(item, f"probe.nameservers entry {text!r} has an invalid port")
+            servers.append(text)
+        return tuple(servers)
 
     def models(self, node: yaml.Node, path: str) -> tuple[str, ...]:
         """Model ids are checked against the answer to probe.path, so that path has to be the model list."""

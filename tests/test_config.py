@@ -183,6 +183,11 @@ def test_every_host_a_resolver_takes_is_accepted(cfg: Path, raw: str) -> None:
     assert parse(f"lines:\n  - name: a\n    url: '{raw}'\n", cfg).lines[0].url == raw
 
 
+def test_nameservers_take_addresses_with_or_without_a_port(cfg: Path) -> None:
+    config = parse(GOOD_LINES + "probe:\n  nameservers: [1.1.1.1, '127.0.0.1:5353', '[::1]:53', '2606:4700::1111']\n", cfg)
+    assert config.probe.nameservers == ("1.1.1.1", "127.0.0.1:5353", "[::1]:53", "2606:4700::1111")
+
+
 @pytest.mark.parametrize("follow", ["same-origin", "any", "none"])
 def test_follow_redirects_takes_its_three_values(cfg: Path, follow: str) -> None:
     assert parse(GOOD_LINES + f"probe:\n  follow_redirects: {follow}\n", cfg).probe.follow_redirects == follow
@@ -269,6 +274,9 @@ MISTAKES = [
     ("url-host-hyphen-end", "lines:\n  - name: a\n    url: http://relay-.example\n", 3, "'relay-'"),
     ("url-host-short-ipv4", "lines:\n  - name: a\n    url: http://127.1/\n", 3, "all-digit last label"),
     ("proxy-host-empty-label", GOOD_LINES + "    proxy: http://p..local:3128\n", 4, "proxy has an invalid host name"),
+    ("nameservers-name", GOOD_LINES + "probe:\n  nameservers: [dns.google]\n", 5, "probe.nameservers entry 'dns.google' must be an IP address"),
+    ("nameservers-port", GOOD_LINES + "probe:\n  nameservers: ['127.0.0.1:99999']\n", 5, "invalid port"),
+    ("nameservers-empty", GOOD_LINES + "probe:\n  nameservers: []\n", 5, "probe.nameservers must name a DNS server"),
     ("follow-redirects-unknown", GOOD_LINES + "probe:\n  follow_redirects: always\n", 5, "probe.follow_redirects must be one of same-origin, any, none, got 'always'"),
     ("proxy-socks", GOOD_LINES + "    proxy: socks5://p.local:1080\n", 4, "proxy must be"),
     ("proxy-unclosed-ipv6", GOOD_LINES + "    proxy: 'http://[::1'\n", 4, "not a valid address"),

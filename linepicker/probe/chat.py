@@ -227,7 +227,7 @@ async def chat_once(
     try:
         async with timed_request(
             "POST", line.url + PATHS[settings.api], stamps, ssl_context, chat.timeout, headers, proxy,
-            follow=settings.follow_redirects, json=request_body(settings.api, chat),
+            follow=settings.follow_redirects, nameservers=settings.nameservers, json=request_body(settings.api, chat),
         ) as response:
             status = response.status
             if not 200 <= status < 300 or not _is_event_stream(response):

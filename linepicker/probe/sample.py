@@ -57,7 +57,7 @@ async def probe_once(
     status = None
     try:
         async with timed_request(
-            "GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session, settings.follow_redirects
+            "GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session, settings.follow_redirects, settings.nameservers
         ) as response:
             status = response.status
             body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)

@@ -20,6 +20,7 @@ import os
 import ssl
 import time
 import urllib.request
+import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
@@ -205,14 +206,38 @@ def proxy_for(line: Line, url: str, environment: dict[str, str] | None = None) -
     return proxies.get(scheme) or proxies.get("all")
 
 
-def fresh_session(ssl_context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
-    """A session whose every request opens a new connection after a new lookup: a reused connection or a
-    cached address would hide the phases being timed. A round shares one among all its requests (a
-    session and its connector cost more CPU to make and close than the bare request does); the
-    connections are still one per request, and `probe.concurrency` is enforced by the round, not here."""
+_RESOLVERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[tuple[str, ...], float], Any]] = weakref.WeakKeyDictionary()
+
+
+def resolver(nameservers: tuple[str, ...], timeout: float) -> aiohttp.abc.AbstractResolver:
+    """The event loop's DNS resolver: aiodns (c-ares), never the thread pool.
+
+    aiohttp's threaded resolver runs getaddrinfo in the default executor, a
+    handful of threads that a lookup nobody answers holds until the system
+    resolver gives up (10 s and more): six such lines starved every other
+    line's lookup and held the process's exit. c-ares waits for all lookups on
+    one thread of its own, and abandoning a lookup at the sample's deadline
+    costs nothing. Its own retries are fitted within `timeout`. One resolver
+    serves a whole loop, each lookup still fresh (the connector caches nothing).
+    """
+    from aiohttp.resolver import AsyncResolver
+
+    made = _RESOLVERS.setdefault(asyncio.get_running_loop(), {})
+    key = (nameservers, timeout)
+    if key not in made:
+        made[key] = AsyncResolver(nameservers=list(nameservers) or None, timeout=timeout / 2, tries=2)
+    return made[key]
+
+
+def fresh_session(ssl_context: ssl.SSLContext | None = None, dns: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """A session whose every request opens a new connection after a new lookup (through `dns`, from
+    `resolver`): a reused connection or a cached address would hide the phases being timed. A round
+    shares one among all its requests (a session and its connector cost more CPU to make and close than
+    the bare request does); the connections are still one per request, and `probe.concurrency` is
+    enforced by the round, not here."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context or True, limit=0)
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context or True, limit=0, resolver=dns)
     return aiohttp.ClientSession(
         connector=connector, trace_configs=[_trace_config()], response_class=_first_byte_response(), trust_env=False
     )
@@ -274,6 +299,7 @@ async def timed_request(
     proxy: str | None,
     session: aiohttp.ClientSession | None = None,
     follow: str = "same-origin",
+    nameservers: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """One request on a new connection (in `session`, made by fresh_session, else in one of its own),
@@ -282,7 +308,9 @@ async def timed_request(
     The deadline covers redirects and reading the answer inside the block too,
     so however a server misbehaves the request ends; `stamps.end` is set on
     every way out. Redirects are followed as `follow` (probe.follow_redirects)
-    allows, with the phases of the hop that answered.
+    allows, with the phases of the hop that answered. A session of its own
+    looks names up through `nameservers` (probe.nameservers) when given, else
+    the system's servers; a round's session was made with its resolver.
     """
     from yarl import URL
 
@@ -290,7 +318,7 @@ async def timed_request(
     try:
         async with contextlib.AsyncExitStack() as stack:
             if session is None:
-                session = await stack.enter_async_context(fresh_session(ssl_context))
+                session = await stack.enter_async_context(fresh_session(ssl_context, resolver(nameservers, timeout)))
             async with asyncio.timeout(timeout):
                 target, home, headers = URL(url), URL(url).origin(), dict(headers)
                 for hop in range(MAX_REDIRECTS + 1):
