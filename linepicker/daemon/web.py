@@ -21,6 +21,7 @@ from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
 from ..report.history import SPANS, History, history
+from . import guard
 from .live import LineTraffic, LiveState
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ async def start(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics 
     """Bind and serve; a port already in use is a one-line error, not a traceback."""
     if not listen.loopback:
         log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
-    runner = web.AppRunner(app(lives, gateway), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app(lives, listen, gateway), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, listen.host, listen.port).start()
@@ -50,7 +51,7 @@ def page_url(runner: web.AppRunner) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def app(lives: list[LiveState], gateway: GatewayMetrics | None = None) -> web.Application:
+def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None = None) -> web.Application:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .metrics import registry
@@ -73,7 +74,7 @@ def app(lives: list[LiveState], gateway: GatewayMetrics | None = None) -> web.Ap
         problem = unhealthy(lives, time.time())
         return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
 
-    application = web.Application()
+    application = web.Application(middlewares=[guard.middleware(listen)])
     application.router.add_get("/", index)
     application.router.add_get("/api/status", api_status)
     application.router.add_get("/metrics", prometheus)
