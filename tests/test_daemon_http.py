@@ -8,7 +8,16 @@ misbehaving client would send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
 import socket
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -40,16 +49,36 @@ def serving(daemon: Daemon, body: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-def raw_get(port: int, path: str, headers: dict[str, str], version: str = "HTTP/1.1") -> tuple[int, str]:
+def raw_get(port: int, path: str, headers: dict[str, str], version: str = "HTTP/1.1", timeout: float = 5) -> tuple[int, str]:
     """Send exactly these headers; the status code and body of the answer."""
     head = f"GET {path} {version}\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "Connection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head.encode("latin-1"))
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     status_line, _, rest = data.partition(b"\r\n")
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+
+def start_daemon_process(config: Path, db: Path, open_files: int) -> tuple[subprocess.Popen, int, list[bytes]]:
+    """A real daemon under an open-file limit; its process, HTTP port and (growing) log."""
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))  # noqa: E731
+    process = subprocess.Popen(
+        [sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, env=env, preexec_fn=limit,
+    )
+    log: list[bytes] = []
+    threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, b"")), daemon=True).start()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = re.search(rb"status page http://127\.0\.0\.1:(\d+)/", b"".join(log))
+        if found:
+            return process, int(found.group(1)), log
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(b"".join(log).decode(errors="replace"))
 
 
 @pytest.fixture
@@ -116,3 +145,61 @@ def test_only_requests_naming_the_daemon_are_answered(daemon: Daemon) -> None:
 )
 def test_the_listen_address_and_loopback_names_are_what_is_answered(listen: Listen, host: str, origin: str | None, answered: bool) -> None:
     assert (refusal(listen, host, origin, 9137) is None) is answered
+
+
+# ---------------------------------------------------------------- web load and probe timing: issue 11 item 17
+
+HAMMER = r"""
+import http.client, sys, threading, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+def hammer():
+    conn, end = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.monotonic() + seconds
+    while time.monotonic() < end:
+        conn.request("GET", "/", headers={"Host": f"127.0.0.1:{port}"})
+        conn.getresponse().read()
+threads = [threading.Thread(target=hammer) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_eight_clients_reloading_the_page_do_not_move_the_probes_timing(relay: Relay, write_config, tmp_path: Path) -> None:
+    """Each page load cost ~100 ms of the loop the probes are timed on (10 lines, a day of samples): 8 clients
+    reloading it moved a 50 ms line's ttfb to 789 ms. bench/bench_web.py measures it finely (< 2 ms)."""
+    from linepicker.probe.phases import Phases
+    from linepicker.probe.sample import Sample
+
+    config = write_config({f"l{n}": relay.url(f"l{n}", delay_ms=50) for n in range(10)}, probe={"timeout": 5, "samples": 3, "interval": 1})
+    db = tmp_path / "lp.db"
+    store = Store(db)
+    ids = store.line_ids(load_config(config).active_lines)
+    now = time.time()
+    for minute in range(24 * 60, 0, -1):  # a day at a daemon's pace, for the page's charts
+        store.add_samples(store.start_round("daemon"), ids, [Sample(f"l{n}", k, now - minute * 60 + k, "ok", True, Phases(ttfb_ms=50.0)) for n in range(10) for k in range(3)])
+    store.close()
+    process, port, log = start_daemon_process(config, db, 4096)
+    try:
+        time.sleep(2)
+        quiet_from = time.time()
+        time.sleep(6)
+        loaded_from = time.time()
+        subprocess.run([sys.executable, "-c", HAMMER, str(port), "6"], check=True, timeout=60)
+        loaded_to = time.time()
+        first = raw_get(port, "/api/status", {"Host": f"127.0.0.1:{port}"})[1]
+        time.sleep(2.5)
+        second = raw_get(port, "/api/status", {"Host": f"127.0.0.1:{port}"})[1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    def ttfb(since: float, until: float) -> list[float]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute("select ttfb_ms from samples where started_at >= ? and started_at < ? and outcome = 'ok'", [since, until]).fetchall()
+        return sorted(row[0] for row in rows)
+
+    quiet, loaded = ttfb(quiet_from, loaded_from), ttfb(loaded_from, loaded_to)
+    shift = loaded[len(loaded) // 2] - quiet[len(quiet) // 2]
+    assert len(loaded) >= 0.7 * len(quiet), f"rounds went on under load: {len(loaded)} samples against {len(quiet)}"
+    assert shift < 15, f"median ttfb {quiet[len(quiet) // 2]:.1f} ms quiet, {loaded[len(loaded) // 2]:.1f} ms while the page was reloaded"
+    rounds = [sum(json.loads(body)["daemon"]["rounds"].values()) for body in (first, second)]
+    assert rounds[1] > rounds[0], "what is served follows the rounds"

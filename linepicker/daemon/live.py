@@ -7,10 +7,12 @@ so the page, /api/status and /metrics cannot disagree with each other.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .. import picker, policy
 from ..config import Config, Line
@@ -96,6 +98,33 @@ class LiveState:
     started_at: float = field(default_factory=time.time)
     breakers: Breakers | None = None  # the gateway's, while the daemon serves one
     order: tuple[Line, ...] = ()  # the lines in the policy's order, chosen first: where the gateway sends requests
+    version: int = 0  # changes whenever what the page, /api/status or /metrics show may have changed
+    rounds_probing: int = 0  # rounds with requests in flight (a watch round may run beside a full one)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    @property
+    def probing(self) -> bool:
+        """Requests are being timed: nothing heavy may run on the loop."""
+        return self.rounds_probing > 0
+
+    @contextlib.contextmanager
+    def probing_round(self) -> Iterator[None]:
+        """Mark a round's probing, so the HTTP side renders nothing while its requests are being timed."""
+        self.rounds_probing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.rounds_probing -= 1
+            if not self.rounds_probing:
+                self._idle.set()
+
+    async def between_rounds(self) -> None:
+        while self.probing:
+            await self._idle.wait()
 
     def health_of(self, name: str) -> Health:
         return self.health.get(name, Health())
@@ -151,6 +180,7 @@ class LiveState:
         self.last_round_at = time.time()
         if kind == FULL:
             self.last_full_round_at = self.last_round_at
+        self.version += 1
         return flips
 
     def reconfigure(self, config: Config) -> None:
@@ -161,6 +191,7 @@ class LiveState:
         if self.breakers is not None:
             self.breakers.forget(names)
         self.config = config
+        self.version += 1
 
     def stats(self) -> list[LineStats]:
         """Window figures in config order, with `up` from rise/fall rather than the latest round alone."""

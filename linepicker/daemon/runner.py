@@ -494,7 +494,8 @@ class RelayRounds:
 
     async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
         config = self.live.config
-        round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        with self.live.probing_round():
+            round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
         previous = self.store.choice()  # read now: a watch round may have switched while this one measured
         for flip in self.live.record(kind, runs):
             if flip.up:

@@ -23,6 +23,7 @@ from ..report import documents, page, series, svg
 from ..report.history import SPANS, History, history
 from . import guard
 from .live import LineTraffic, LiveState
+from .snapshot import Snapshot
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("linepicker")
 
 PAGE_REFRESH_S = 30
+ANSWER_MAX_AGE_S = 2.0  # /api/status and /metrics: the gateway's counters move between rounds; `top` asks every 2 s
 
 
 async def start(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None = None) -> web.AppRunner:
@@ -57,18 +59,21 @@ def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None =
     from .metrics import registry
 
     metrics = registry(lives, gateway)
+    pages = {span: Snapshot(lives, lambda span=span: render_page(lives, span).encode(), max_age_s=PAGE_REFRESH_S) for span in (None, *SPANS)}
+    status_body = Snapshot(lives, lambda: _dumps(relays_status_json(lives)).encode(), max_age_s=ANSWER_MAX_AGE_S)
+    metrics_body = Snapshot(lives, lambda: generate_latest(metrics), max_age_s=ANSWER_MAX_AGE_S)
 
     async def index(request: web.Request) -> web.Response:
         span = request.query.get("span")
         if span is not None and span not in SPANS:
             return web.Response(status=400, text=f"span {span!r}: choose one of {', '.join(SPANS)}\n")
-        return web.Response(text=render_page(lives, span), content_type="text/html", charset="utf-8")
+        return web.Response(body=await pages[span].get(), content_type="text/html", charset="utf-8")
 
     async def api_status(request: web.Request) -> web.Response:
-        return web.json_response(relays_status_json(lives), dumps=_dumps)
+        return web.Response(body=await status_body.get(), content_type="application/json", charset="utf-8")
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await metrics_body.get(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
         problem = unhealthy(lives, time.time())
