@@ -76,12 +76,12 @@ asyncio.run(main())
 """
 
 
-def seed_day(store: Store, config_path: Path, now: float) -> None:
-    """A day of history at a daemon's pace (3 samples a line a minute), so the page has its full charts to draw."""
+def seed_history(store: Store, config_path: Path, now: float, hours: float) -> None:
+    """History at a daemon's pace (3 samples a line a minute), so the page has its full charts to draw."""
     config = load_config(config_path)
     ids = store.line_ids(config.active_lines)
     rng = random.Random(3)
-    for minute in range(24 * 60, 0, -1):
+    for minute in range(int(hours * 60), 0, -1):
         at = now - minute * 60
         round_id = store.start_round("daemon")
         samples = [Sample(line.name, n, at + n, "ok", True, Phases(ttfb_ms=rng.gauss(DELAY_MS, 3))) for line in config.active_lines for n in range(3)]
@@ -105,7 +105,7 @@ def run(quick: bool = False) -> Result:
                               timeout=5, samples=3, interval=1, down_interval=1)
         db = work / "daemon.db"
         store = Store(db)
-        seed_day(store, config, time.time())
+        seed_history(store, config, time.time(), 1 if quick else 24)
         store.close()
         daemon = subprocess.Popen([sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "127.0.0.1:0"],
                                   stderr=subprocess.PIPE, text=True, env=isolated_env(work / "home"))

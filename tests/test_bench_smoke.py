@@ -15,7 +15,7 @@ def test_every_bench_runs_in_miniature(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(RUN), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
-    assert [r["name"] for r in results] == ["accuracy", "load", "decision", "overhead", "startup", "store", "daemon", "gateway"]
+    assert [r["name"] for r in results] == ["accuracy", "load", "decision", "overhead", "startup", "store", "daemon", "gateway", "web"]
     assert all(r["checks"] for r in results)
 
 
