@@ -1,4 +1,5 @@
-"""The daemon's HTTP side under requests no browser of the user's would send: foreign Host and Origin values.
+"""The daemon's HTTP side under requests no browser of the user's would send: foreign Host and Origin
+values, and clients that connect and hold on (silent, half-sent, dripping, never reading).
 
 Requests are written byte by byte on raw sockets to a running daemon on
 127.0.0.1, so every header is exactly what a DNS-rebinding page or a
@@ -145,6 +146,142 @@ def test_only_requests_naming_the_daemon_are_answered(daemon: Daemon) -> None:
 )
 def test_the_listen_address_and_loopback_names_are_what_is_answered(listen: Listen, host: str, origin: str | None, answered: bool) -> None:
     assert (refusal(listen, host, origin, 9137) is None) is answered
+
+
+# ---------------------------------------------------------------- clients that hold connections: issue 11 item 18
+
+
+def hostile(port: int, kind: str) -> socket.socket:
+    """A connection that never completes a request in time: silent, half a head, or a body announced and not sent."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == "half a request head":
+        sock.sendall(f"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+    elif kind == "a head dripped a byte a second":
+        sock.sendall(b"G")
+    elif kind == "a body announced, never sent":
+        sock.sendall(f"POST /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100000\r\n\r\nx".encode())
+    return sock
+
+
+def closed_after(sock: socket.socket, started: float, limit: float, drip: bool) -> float | None:
+    """Seconds until the daemon closed the connection (read everything it sent first), None if not within `limit`."""
+    sock.settimeout(1.0)
+    while time.monotonic() - started < limit:
+        try:
+            if drip:
+                sock.sendall(b"E")
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+KINDS = ["silent", "half a request head", "a head dripped a byte a second", "a body announced, never sent"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_connection_that_does_not_finish_its_request_is_closed(relay: Relay, write_config, tmp_path: Path, kind: str) -> None:
+    """aiohttp kept every one of these open for an hour (its keep-alive timeout), each holding a descriptor."""
+    from linepicker.daemon.listener import BODY_S, IDLE_S
+
+    config = write_config({"a": relay.url("a")}, probe={**FAST, "interval": 5})
+    process, port, log = start_daemon_process(config, tmp_path / "lp.db", 256)
+    try:
+        started = time.monotonic()
+        connections = [hostile(port, kind) for _ in range(5)]
+        waits = [closed_after(sock, started, IDLE_S + 5, kind.startswith("a head dripped")) for sock in connections]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    bound = BODY_S if kind.startswith("a body") else IDLE_S
+    assert all(wait is not None and wait < bound + 3 for wait in waits), f"{kind}: closed after {waits} s (bound {bound} s)"
+
+
+def test_hundreds_of_idle_connections_under_a_low_file_limit_cost_the_probes_nothing(relay: Relay, write_config, tmp_path: Path) -> None:
+    """300 silent, half-sent and dripping connections under `ulimit -n 256` made 570 of 600 samples
+    `unreachable: Too many open files`, every line down, and 41 MB of tracebacks in 25 s."""
+    from linepicker.daemon.listener import IDLE_S
+
+    config = write_config({f"l{n}": relay.url(f"l{n}", delay_ms=20) for n in range(8)}, probe={"timeout": 2, "samples": 3, "interval": 0.5, "down_interval": 0.5})
+    db = tmp_path / "lp.db"
+    process, port, log = start_daemon_process(config, db, 256)
+    try:
+        started = time.time()
+        held = []
+        for n in range(300):
+            with contextlib.suppress(OSError):
+                held.append(hostile(port, KINDS[n % 3]))
+        during = raw_get(port, "/healthz", {"Host": f"127.0.0.1:{port}"})  # takes the place of a connection that sent no request
+        time.sleep(IDLE_S + 2)  # every one of them past its deadline
+        status, text = raw_get(port, "/healthz", {"Host": f"127.0.0.1:{port}"})
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for sock in held:
+            sock.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        outcomes = dict(conn.execute("select outcome, count(*) from samples where started_at >= ? group by outcome", [started]).fetchall())
+    assert len(held) == 300
+    assert outcomes.get("ok", 0) >= 8 * 3 * 3 and set(outcomes) == {"ok"}, outcomes
+    assert (status, text) == during == (200, "ok\n")
+    text_log = b"".join(log).decode(errors="replace")
+    assert len(text_log) < 20_000 and "Traceback" not in text_log, text_log[-3000:]
+
+
+def test_clients_that_never_read_their_answers_lose_their_place(relay: Relay, write_config, tmp_path: Path) -> None:
+    """Past the connection cap new clients wait in the kernel's backlog, costing no descriptor; a client
+    that leaves its answers unread loses its connection after SEND_S, and the next one is answered."""
+    from linepicker.daemon.listener import SEND_S
+
+    config = write_config({"a": relay.url("a")}, probe={**FAST, "interval": 5})
+    process, port, log = start_daemon_process(config, tmp_path / "lp.db", 256)  # a cap of 32 connections
+    readers = []
+    try:
+        for _ in range(32):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 1000)  # answers pile up unread
+            readers.append(sock)
+        time.sleep(1)
+        started = time.monotonic()
+        status, text = raw_get(port, "/healthz", {"Host": f"127.0.0.1:{port}"}, timeout=SEND_S + 10)
+        waited = time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for sock in readers:
+            sock.close()
+    assert (status, text) == (200, "ok\n")
+    assert 2 < waited < SEND_S + 5, f"answered after {waited:.1f}s: it waited its turn, until the readers that never read were cut off"
+    assert "Traceback" not in b"".join(log).decode(errors="replace")
+
+
+def test_probes_failing_for_want_of_descriptors_are_not_held_against_the_lines(relay: Relay, write_config, tmp_path: Path) -> None:
+    """EMFILE is this machine's failure: such a sample is `local`, counts neither way, and the daemon says so once."""
+    config = write_config({f"l{n}": relay.url(f"l{n}", delay_ms=200) for n in range(30)}, probe={"timeout": 2, "samples": 2, "interval": 0.5}, policy={"fall": 1})
+    db = tmp_path / "lp.db"
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))  # noqa: E731
+    process = subprocess.Popen([sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "off"],
+                               stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit)
+    time.sleep(6)
+    process.terminate()
+    _, log = process.communicate(timeout=15)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        local = conn.execute("select count(*), count(success) from samples where outcome = 'local'").fetchone()
+        rounds = conn.execute("select count(*) from rounds where kind = 'daemon'").fetchone()[0]
+        error = conn.execute("select error from samples where outcome = 'local' limit 1").fetchone()
+        chosen = conn.execute("select count(*) from decisions").fetchone()[0]
+    assert local[0] > 0 and local[1] == 0, f"samples that hit the limit: {local[0]}, of them counted: {local[1]}"
+    assert "Too many open files" in error[0] and "not the line" in error[0]
+    assert rounds >= 3 and log.count("not counted against their lines") == 1, log
+    assert "is down" not in log and chosen >= 1, "no line fell for this machine's shortage"
+    assert "Traceback" not in log
 
 
 # ---------------------------------------------------------------- web load and probe timing: issue 11 item 17

@@ -39,6 +39,7 @@ from ..config import Config, Line, Listen, RetentionSettings, Setup, load_setup
 from ..doctor import client_checks
 from ..errors import ExitStatus, LinepickerError
 from ..policy import Verdict
+from ..probe.outcomes import LOCAL
 from ..store import Decision, RollUp, Store, resolve_db_path
 from ..words import counted
 from . import web
@@ -49,6 +50,8 @@ from .metrics import GatewayMetrics
 if TYPE_CHECKING:
     from apscheduler.events import JobEvent
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from ..probe.sample import Sample
 
 log = logging.getLogger("linepicker")
 
@@ -403,6 +406,7 @@ class RelayRounds:
         self.prefix = f"relay {config.relay}: " if daemon.setup.named else ""  # log lines say which relay, once there are several
         self._round_lock = asyncio.Lock()
         self._none_eligible = False
+        self._failing_locally = False
         self.gateway: GatewayService | None = None
         if config.gateway is not None and daemon.gateway_metrics is not None:
             self.gateway = GatewayService(self.live, self.store, config.gateway, self.recheck_soon, daemon.gateway_metrics)
@@ -496,6 +500,7 @@ class RelayRounds:
         config = self.live.config
         with self.live.probing_round():
             round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        self._note_local_failures([sample for run in runs for sample in run.samples if sample.outcome == LOCAL])
         previous = self.store.choice()  # read now: a watch round may have switched while this one measured
         for flip in self.live.record(kind, runs):
             if flip.up:
@@ -511,6 +516,15 @@ class RelayRounds:
         self._note_eligibility(verdict)
         if chosen is not None and chosen != previous:
             self._switched(config, chosen)
+
+    def _note_local_failures(self, failed: list[Sample]) -> None:
+        """Say once when probes start failing on this machine (out of open files or ports), and once when they stop."""
+        if bool(failed) != self._failing_locally:
+            if failed:
+                log.warning("%s%s not counted against their lines: %s; raise the open-file limit (ulimit -n)", self.prefix, counted(len(failed), "sample"), failed[0].error)
+            else:
+                log.info("%sprobes no longer fail on this machine", self.prefix)
+        self._failing_locally = bool(failed)
 
     def _note_eligibility(self, verdict: Verdict) -> None:
         """Say once when no line is eligible, and once when one is again, rather than every round."""

@@ -21,7 +21,7 @@ from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
 from ..report.history import SPANS, History, history
-from . import guard
+from . import guard, listener
 from .live import LineTraffic, LiveState
 from .snapshot import Snapshot
 
@@ -38,10 +38,10 @@ async def start(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics 
     """Bind and serve; a port already in use is a one-line error, not a traceback."""
     if not listen.loopback:
         log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
-    runner = web.AppRunner(app(lives, listen, gateway), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app(lives, listen, gateway), access_log=None, **listener.RUNNER_OPTIONS)
     await runner.setup()
     try:
-        await web.TCPSite(runner, listen.host, listen.port).start()
+        await listener.start_site(runner, listen)
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"--listen {listen.host}:{listen.port}: cannot bind: {exc.strerror or exc}") from None
@@ -79,7 +79,7 @@ def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None =
         problem = unhealthy(lives, time.time())
         return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
 
-    application = web.Application(middlewares=[guard.middleware(listen)])
+    application = web.Application(middlewares=[listener.middleware, guard.middleware(listen)])
     application.router.add_get("/", index)
     application.router.add_get("/api/status", api_status)
     application.router.add_get("/metrics", prometheus)

@@ -24,6 +24,7 @@ from ..config import ChatSettings, Line, ProbeSettings
 from ..words import counted
 from .outcomes import (
     API_NAMES,
+    LOCAL,
     MODEL_ERROR,
     NOT_API,
     OK,
@@ -344,6 +345,8 @@ def follow_up(settings: ProbeSettings, key: str | None, due: set[str]) -> Follow
     async def chat(run: LineRun, ssl_context: ssl.SSLContext, proxy: str | None, limits: Limits) -> None:
         if run.line.name in due and answered(run):
             async with limits.place():
-                run.chat = await chat_once(run.line, settings, key, ssl_context, proxy)
+                sample = await chat_once(run.line, settings, key, ssl_context, proxy)
+            if sample.outcome != LOCAL:  # this machine's failure is no verdict on the line's model calls
+                run.chat = sample
 
     return chat

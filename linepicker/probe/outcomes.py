@@ -44,6 +44,7 @@ UNFINISHED = "unfinished"
 MISSING_MODEL = "missing_model"
 MODEL_ERROR = "model_error"
 REDIRECT = "redirect"  # sent elsewhere than probe.follow_redirects allows: the answer is another host's
+LOCAL = "local"  # this machine could not make the request (out of open files or ports): counts neither way
 
 
 
@@ -54,6 +55,11 @@ def is_success(outcome: str, key_sent: bool) -> bool:
     limit is not a reason to move to another line.
     """
     return outcome in (OK, RATE_LIMITED) or (outcome == AUTH and not key_sent)
+
+
+def judged(outcome: str, key_sent: bool) -> bool | None:
+    """A sample's success as the policy counts it: None for a failure of this machine, which says nothing of the line."""
+    return None if outcome == LOCAL else is_success(outcome, key_sent)
 
 
 MASK = "***"
@@ -272,8 +278,14 @@ def _reset_mid_body(exc: aiohttp.ClientPayloadError) -> bool:
     return any(isinstance(link, ConnectionResetError) for link in chain) or "ConnectionResetError(" in str(exc)
 
 
+# This machine's own limits: no descriptor, no buffer, no free local port. Never the line's doing.
+_LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+
+
 def _classify_os_error(exc: BaseException, during: str) -> tuple[str, str]:
     code = getattr(exc, "errno", None)
+    if code in _LOCAL_ERRNOS:
+        return LOCAL, f"{during} failed on this machine, not the line: {os.strerror(code)} (not counted)"
     if isinstance(exc, ConnectionRefusedError) or code == errno.ECONNREFUSED:
         return REFUSED, "connection refused"
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or code in (errno.ECONNRESET, errno.EPIPE):
