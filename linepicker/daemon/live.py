@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .. import picker, policy
 from ..config import Config, Line
@@ -93,9 +93,12 @@ class LiveState:
     switches: int = 0
     ttfb_count: Counter[str] = field(default_factory=Counter)  # successful samples timed since start: a summary's _count
     ttfb_sum_ms: Counter[str] = field(default_factory=Counter)
-    last_round_at: float | None = None
+    last_round_at: float | None = None  # unix time, for people and Prometheus
     last_full_round_at: float | None = None  # a round of every line: what makes the record whole
     started_at: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.monotonic  # what staleness is measured on: a wall clock can be stepped
+    last_round_tick: float | None = None  # `clock` when the latest round finished
+    started_tick: float = field(default_factory=time.monotonic)
     breakers: Breakers | None = None  # the gateway's, while the daemon serves one
     order: tuple[Line, ...] = ()  # the lines in the policy's order, chosen first: where the gateway sends requests
     version: int = 0  # changes whenever what the page, /api/status or /metrics show may have changed
@@ -104,6 +107,7 @@ class LiveState:
 
     def __post_init__(self) -> None:
         self._idle.set()
+        self.started_tick = self.clock()
 
     @property
     def probing(self) -> bool:
@@ -178,6 +182,7 @@ class LiveState:
                 flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))
         self.rounds[kind] += 1
         self.last_round_at = time.time()
+        self.last_round_tick = self.clock()
         if kind == FULL:
             self.last_full_round_at = self.last_round_at
         self.version += 1

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("linepicker")
 
 STOP_GRACE_S = 2.0  # how long a running round may go on after SIGTERM before it is cancelled
+CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic one
+CLOCK_JUMP_S = 1.0  # a step of the wall clock at least this large: no job may then wait longer than its interval
 HOOK_TIMEOUT_S = 60.0
 RETENTION_EVERY_S = 3600.0
 DEBUG_SCHEDULER = "LINEPICKER_DEBUG_SCHEDULER"  # set: APScheduler's own log at debug level, for its bugs
@@ -241,9 +243,11 @@ class Daemon:
         scheduler.add_job(self._job("retention", self.retention), "interval", seconds=RETENTION_EVERY_S, id="retention", next_run_time=now, **_JOB)
         scheduler.start()
         log.info("daemon started: %s from %s, db %s%s", self._schedule_text(), setup.source, self.store.path, f", status page {self.url}" if self.url else "")
+        clock_watch = asyncio.ensure_future(self._follow_clock_steps(scheduler))
         try:
             await self._stopping.wait()
         finally:
+            clock_watch.cancel()
             for gateway in gateways:
                 await gateway.stop()  # first, so no client is handed a gateway about to close
             scheduler.pause()
@@ -264,6 +268,30 @@ class Daemon:
         if not self.setup.named:
             return one(self.setup.relays[0])
         return "relays " + "; ".join(f"{config.relay} ({one(config)})" for config in self.setup.relays)
+
+    async def _follow_clock_steps(self, scheduler: AsyncIOScheduler) -> None:
+        """Keep the rounds' pace when the wall clock is stepped back.
+
+        APScheduler keeps its jobs' times on the wall clock: stepped back an
+        hour, it waited an hour for the next round. (Stepped forward, it runs
+        what is overdue at once.) A step shows here as a change in the wall
+        clock's offset from the monotonic one; then no job may wait longer
+        than its own interval.
+        """
+        offset = time.time() - time.monotonic()
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            step = time.time() - time.monotonic() - offset
+            offset += step
+            if abs(step) < CLOCK_JUMP_S:
+                continue
+            log.warning("the wall clock was stepped %+.0f s; the rounds keep their pace", step)
+            now = dt.datetime.now(dt.timezone.utc)
+            for job in scheduler.get_jobs():
+                interval, jitter = getattr(job.trigger, "interval", None), getattr(job.trigger, "jitter", None) or 0
+                latest = now + interval + dt.timedelta(seconds=jitter) if interval is not None else None
+                if latest is not None and job.next_run_time is not None and job.next_run_time > latest:
+                    job.modify(next_run_time=now + interval)
 
     def stop(self, why: str = "stop") -> None:
         if not self._stopping.is_set():

@@ -76,7 +76,7 @@ def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None =
         return web.Response(body=await metrics_body.get(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
-        problem = unhealthy(lives, time.time())
+        problem = unhealthy(lives)
         return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
 
     application = web.Application(middlewares=[listener.middleware, guard.middleware(listen)])
@@ -87,13 +87,18 @@ def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None =
     return application
 
 
-def staleness(live: LiveState, now: float) -> str | None:
-    """Unhealthy when rounds stopped happening: three missed intervals plus one round's worth of timeouts."""
+def staleness(live: LiveState) -> str | None:
+    """Unhealthy when rounds stopped happening: three missed intervals plus one round's worth of timeouts.
+
+    Measured on the live state's monotonic clock: stepped back an hour, the
+    wall clock would have kept /healthz at ok for that hour.
+    """
     probe = live.config.probe
     allowed = 3 * probe.interval + probe.timeout * probe.samples
-    since = live.last_round_at or live.started_at
+    now = live.clock()
+    since = live.last_round_tick if live.last_round_tick is not None else live.started_tick
     if now - since > allowed:
-        what = "no round finished" if live.last_round_at else "the first round has not finished"
+        what = "no round finished" if live.last_round_tick is not None else "the first round has not finished"
         return f"stale: {what} in the last {now - since:.0f} s (allowed {allowed:g} s)"
     return None
 
@@ -101,10 +106,10 @@ def staleness(live: LiveState, now: float) -> str | None:
 TREND_MARKS = 20
 
 
-def unhealthy(lives: list[LiveState], now: float) -> str | None:
+def unhealthy(lives: list[LiveState]) -> str | None:
     """The first relay whose rounds stopped, named when there are several."""
     for live in lives:
-        if problem := staleness(live, now):
+        if problem := staleness(live):
             return f"relay {live.config.relay}: {problem}" if len(lives) > 1 else problem
     return None
 
