@@ -96,16 +96,15 @@ def ttfbs(db: Path, since: float, until: float) -> list[float]:
     return [row[0] for row in rows]
 
 
-def run(quick: bool = False) -> Result:
-    result = Result("web", "python bench/run.py web")
-    phase_s = 3.0 if quick else 20.0
+def measure(phase_s: float, hours: float) -> dict:
+    """Quiet and loaded phases, twice each; the probes' and the bare loop's ttfb in each, and the page loads served."""
     with Servers(1) as servers, tempfile.TemporaryDirectory(prefix="lp-bench-web-") as tmp:
         work = Path(tmp)
         config = write_config(work / "lines.yaml", {f"l{i}": servers.line_url(DELAY_MS, tag=f"l{i}") for i in range(LINES)},
                               timeout=5, samples=3, interval=1, down_interval=1)
         db = work / "daemon.db"
         store = Store(db)
-        seed_history(store, config, time.time(), 1 if quick else 24)
+        seed_history(store, config, time.time(), hours)
         store.close()
         daemon = subprocess.Popen([sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "127.0.0.1:0"],
                                   stderr=subprocess.PIPE, text=True, env=isolated_env(work / "home"))
@@ -137,25 +136,35 @@ def run(quick: bool = False) -> Result:
             daemon.terminate()
             daemon.wait(timeout=15)
         quiet = [v for kind, a, b, _ in phases if kind == "quiet" for v in ttfbs(db, a, b)]
-        bare_quiet = [ms for at, ms in bare for kind, a, b, _ in phases if kind == "quiet" and a <= at < b]
-        bare_loaded = [ms for at, ms in bare for kind, a, b, _ in phases if kind == "loaded" and a <= at < b]
         loaded = [v for kind, a, b, _ in phases if kind == "loaded" for v in ttfbs(db, a, b)]
-        loads = sum(n for *_, n in phases)
-    shift = median(loaded) - median(quiet)  # type: ignore[operator]
-    p90_shift = quantile(loaded, 0.9) - quantile(quiet, 0.9)  # type: ignore[operator]
-    bare_shift = median(bare_loaded) - median(bare_quiet)  # type: ignore[operator]
-    result.data.update(bare_quiet_p50=median(bare_quiet), bare_loaded_p50=median(bare_loaded), quiet_samples=len(quiet), loaded_samples=len(loaded), page_loads=loads, phase_s=phase_s,
-                       quiet_p50=median(quiet), loaded_p50=median(loaded), quiet_p90=quantile(quiet, 0.9), loaded_p90=quantile(loaded, 0.9))
+    bare_quiet = [ms for at, ms in bare for kind, a, b, _ in phases if kind == "quiet" and a <= at < b]
+    bare_loaded = [ms for at, ms in bare for kind, a, b, _ in phases if kind == "loaded" and a <= at < b]
+    return {
+        "quiet": quiet, "loaded": loaded, "bare_quiet": bare_quiet, "bare_loaded": bare_loaded, "loads": sum(n for *_, n in phases),
+        "shift": median(loaded) - median(quiet),  # type: ignore[operator]
+        "p90_shift": quantile(loaded, 0.9) - quantile(quiet, 0.9),  # type: ignore[operator]
+        "bare_shift": median(bare_loaded) - median(bare_quiet),  # type: ignore[operator]
+    }
+
+
+def run(quick: bool = False) -> Result:
+    result = Result("web", "python bench/run.py web")
+    phase_s = 3.0 if quick else 20.0
+    m = measure(phase_s, 1 if quick else 24)
+    quiet, loaded, loads = m["quiet"], m["loaded"], m["loads"]
+    result.data.update(quiet_samples=len(quiet), loaded_samples=len(loaded), page_loads=loads, phase_s=phase_s,
+                       quiet_p50=median(quiet), loaded_p50=median(loaded), quiet_p90=quantile(quiet, 0.9), loaded_p90=quantile(loaded, 0.9),
+                       bare_quiet_p50=median(m["bare_quiet"]), bare_loaded_p50=median(m["bare_loaded"]))
     result.check(
         f"{CLIENTS} clients reloading / move probe ttfb (p50) by < 2 ms",
-        f"{shift:+.2f} ms (p50 {median(loaded):.2f} ms loaded, {len(loaded)} samples; p90 {p90_shift:+.2f} ms)",
+        f"{m['shift']:+.2f} ms (p50 {median(loaded):.2f} ms loaded, {len(loaded)} samples; p90 {m['p90_shift']:+.2f} ms)",
         f"same daemon, no web load: p50 {median(quiet):.2f} ms, {len(quiet)} samples; {loads} page loads ({loads / (2 * phase_s):.0f}/s)",
-        abs(shift) < 2,
+        abs(m["shift"]) < 2,
     )
     result.check(
         "the machine's share: a bare aiohttp loop in its own process, same line, same phases",
-        f"{bare_shift:+.2f} ms (p50 {median(bare_loaded):.2f} ms loaded, {len(bare_loaded)} requests)",
-        f"no web load: p50 {median(bare_quiet):.2f} ms, {len(bare_quiet)} requests",
+        f"{m['bare_shift']:+.2f} ms (p50 {median(m['bare_loaded']):.2f} ms loaded, {len(m['bare_loaded'])} requests)",
+        f"no web load: p50 {median(m['bare_quiet']):.2f} ms, {len(m['bare_quiet'])} requests",
         None,
     )
     return result
