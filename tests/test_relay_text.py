@@ -206,3 +206,37 @@ def test_masking_comes_before_the_cut() -> None:
     text = "x" * 70 + KEY
     cut = relay_text(text, KEY, 80)
     assert len(cut) <= 80 and not key_runs(cut) and not any(KEY[i : i + 5] in cut for i in range(len(KEY) - 5))
+
+
+def test_a_gateway_line_opening_its_stream_with_an_error_of_escape_sequences_is_recorded_harmless(server: ServerThread) -> None:
+    """The gateway's record of a failed attempt (kept in the database, shown on the page and by status) is relay text too."""
+    import openai
+
+    from linepicker.config import GatewaySettings, Line, Listen
+    from linepicker.daemon.gateway import Gateway
+    from servers import head, read_request, start_api_relay, start_raw_server
+
+    async def error_stream(reader, writer) -> None:  # type: ignore[no-untyped-def]
+        await read_request(reader)
+        body = f"event: error\ndata: {HOSTILE_TITLE} upstream refused\n\n".encode()
+        writer.write(head(content_type="text/event-stream", content_length=len(body)) + body)
+        await writer.drain()
+        writer.close()
+
+    api = start_api_relay(server)
+    attempts: list = []
+    order = [Line("hostile", start_raw_server(server, error_stream)), Line("b", api.url("b"))]
+    gateway = Gateway(GatewaySettings(listen=Listen("127.0.0.1", 0)), lambda: order, attempts.append)
+    url = server.run(gateway.start())
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-gw-relay-text-0123456789", max_retries=0, timeout=10)
+        stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices), "the next line answered"
+        deadline = time.monotonic() + 5
+        while len(attempts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        server.run(gateway.close())
+    recorded = attempts[0].error or ""
+    assert "pwned" in recorded, recorded  # (the CR in the title ends the event's data line, as SSE says)
+    assert not [c for c in RAW_CONTROLS if c in recorded], repr(recorded)
