@@ -45,7 +45,6 @@ class RedirectRefused(Exception):
 
     def __init__(self, target: str, follow: str):
         super().__init__(f"redirected to {target} (probe.follow_redirects: {follow})")
-        self.target = target
 
 
 class BadRedirect(Exception):
