@@ -31,12 +31,14 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 import trustme  # noqa: E402
 import yaml  # noqa: E402
 from children import KILLED_WRITER  # noqa: E402
 
 import hardening_files  # noqa: E402  (bench/ is on sys.path when run as a script)
+import hardening_net  # noqa: E402
 from servers import (  # noqa: E402
     MODELS_BODY,
     ServerThread,
@@ -298,6 +300,7 @@ def main() -> None:
         ("Database (via `linepicker pick`)", lambda: database_table(server, work)),
         ("SIGKILL during target writes", lambda: kill_table(work / "kill")),
         ("Files, database and input (issue 11)", lambda: hardening_files.table(work / "files")),
+        ("Network, key and daemon (issue 11)", lambda: hardening_net.table(work / "net")),
     ]
     for title, build in sections:
         print(f"### {title}\n")

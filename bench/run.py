@@ -32,6 +32,7 @@ BENCHES = {
     "store": "bench_store",
     "daemon": "bench_daemon",
     "gateway": "gateway",
+    "web": "bench_web",
 }
 
 

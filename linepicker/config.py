@@ -41,6 +41,7 @@ class Line:
 
 
 API_STYLES = ("openai", "anthropic")
+FOLLOW_REDIRECTS = ("same-origin", "any", "none")
 CHAT_PROMPT = "Count from 1 to 20, separated by spaces."
 
 
@@ -67,6 +68,8 @@ class ProbeSettings:
     api: str = "openai"  # which API's headers, answers and chat stream: openai or anthropic
     require_models: tuple[str, ...] = ()  # model ids every eligible line must list
     chat: ChatSettings | None = None
+    follow_redirects: str = "same-origin"  # a redirect elsewhere is an outcome of its own, not the line's answer
+    nameservers: tuple[str, ...] = ()  # DNS servers to ask instead of the system's ("ip" or "ip:port")
 
     @property
     def watch_every(self) -> float:
@@ -300,6 +303,44 @@ class Listen:
         """The base URL a local client is given: a wildcard address is reached on loopback."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why a host name can never be looked up, or None if it can.
+
+    The rules of DNS and IDNA, checked before any request: past them the
+    resolver or the IDNA codec raises instead of failing a lookup. Line URLs
+    are checked when the config is read, and redirect targets before they
+    are followed.
+    """
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: the root, as in "example.com."
+    labels = name.split(".")
+    if not all(labels):
+        return "an empty label: a dot at the start or two dots in a row"
+    if len(longest := max(labels, key=len)) > 63:
+        return f"a label of {len(longest)} characters, more than DNS allows (63)"
+    if labels[-1].isdigit():
+        return "an all-digit last label: neither a host name nor an IPv4 address written in full"
+    try:
+        encoded = name if name.isascii() else name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "not a valid international domain name"
+    if len(encoded) > 253:
+        return f"{len(encoded)} characters, more than DNS allows (253)"
+    for label in encoded.split("."):
+        if len(label) > 63:
+            return f"a label of {len(label)} characters once IDNA-encoded, more than DNS allows (63)"
+        if not _HOST_LABEL.match(label):
+            return f"the label {label!r} is not letters, digits, '-' and '_' with no '-' at either end"
+    return None
 
 
 def parse_listen(text: str) -> Listen:
@@ -698,7 +739,11 @@ class _Validator:
     def probe(self, node: yaml.Node | None) -> ProbeSettings:
         if node is None:
             return ProbeSettings()
-        keys = self.mapping(node, "probe", {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval", "api", "require_models", "chat"})
+        keys = self.mapping(
+            node,
+            "probe",
+            {"path", "timeout", "samples", "concurrency", "interval", "down_interval", "watch_interval", "api", "require_models", "chat", "follow_redirects", "nameservers"},
+        )
         settings: dict[str, Any] = {}
         if "path" in keys:
             path = self.text(keys["path"], "probe.path")
@@ -723,7 +768,37 @@ class _Validator:
             settings["require_models"] = self.models(keys["require_models"], settings.get("path", ProbeSettings.path))
         if "chat" in keys:
             settings["chat"] = self.chat(keys["chat"])
+        if "follow_redirects" in keys:
+            follow = self.text(keys["follow_redirects"], "probe.follow_redirects")
+            if follow not in FOLLOW_REDIRECTS:
+                raise self.fail(keys["follow_redirects"], f"probe.follow_redirects must be one of {', '.join(FOLLOW_REDIRECTS)}, got {follow!r}")
+            settings["follow_redirects"] = follow
+        if "nameservers" in keys:
+            settings["nameservers"] = self.nameservers(keys["nameservers"])
         return ProbeSettings(**settings)
+
+    def nameservers(self, node: yaml.Node) -> tuple[str, ...]:
+        """IP addresses, each with an optional port (1.1.1.1, 127.0.0.1:5353, [::1]:53): c-ares takes nothing else."""
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, "probe.nameservers must name a DNS server or a list of them")
+        servers = []
+        for item in items:
+            text = self.text(item, "probe.nameservers entry")
+            host, port = text, None
+            if text.startswith("["):
+                host, _, port = text[1:].partition("]")
+                port = port.removeprefix(":") or None
+            elif text.count(":") == 1:
+                host, port = text.split(":")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise self.fail(item, f"probe.nameservers entry {text!r} must be an IP address, with an optional :port") from None
+            if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+                raise self.fail(item, f"probe.nameservers entry {text!r} has an invalid port")
+            servers.append(text)
+        return tuple(servers)
 
     def models(self, node: yaml.Node, path: str) -> tuple[str, ...]:
         """Model ids are checked against the answer to probe.path, so that path has to be the model list."""
@@ -806,6 +881,8 @@ class _Validator:
             char = bad.group(0)
             what = f"'{char}' not followed by two hex digits" if char == "%" else repr(char)
             raise self.fail(node, f"url contains {what}, which no BaseURL needs (it would be written into .env files and shell exports): {raw!r}")
+        if problem := host_problem(parts.hostname):
+            raise self.fail(node, f"url has an invalid host name ({problem}): {raw!r}")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise self.fail(node, f"url must be a plain BaseURL without query, fragment or credentials, got {raw!r}")
         try:
@@ -832,6 +909,8 @@ class _Validator:
         parts = self.split_url(node, raw, "proxy")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.fail(node, f"proxy must be an http:// proxy URL or 'none', got {raw!r}")
+        if problem := host_problem(parts.hostname):
+            raise self.fail(node, f"proxy has an invalid host name ({problem}): {raw!r}")
         return raw
 
     def exclude(self, node: yaml.Node | None, names: set[str]) -> frozenset[str]:

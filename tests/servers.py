@@ -520,3 +520,65 @@ def held_tls_url(server: ServerThread, context: ssl.SSLContext, hold_ms: float, 
         return listener.sockets[0].getsockname()[1]
 
     return f"https://127.0.0.1:{server.run(start())}"
+
+# --- DNS (issue 11 item 16): a resolver of our own on 127.0.0.1 that answers some names and ignores others. ---
+
+DNS_A, DNS_AAAA = 1, 28
+
+
+class DNSServer(asyncio.DatagramProtocol):
+    """Answers A queries for the names in `answers` with their address, AAAA with no records,
+    and never answers a name mapped to None (a resolver that has gone silent). Unknown names: NXDOMAIN."""
+
+    def __init__(self, answers: dict[str, str | None]):
+        self.answers = {name.lower().rstrip("."): address for name, address in answers.items()}
+        self.queries: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            name, qtype, end = _dns_question(data)
+        except (IndexError, struct.error, UnicodeDecodeError):
+            return
+        self.queries.append(name)
+        if name in self.answers and self.answers[name] is None:
+            return  # silent: the client's own deadline is all that ends the lookup
+        question = data[12:end]
+        known = name in self.answers
+        answers = b""
+        if known and qtype == DNS_A:
+            answers = b"\xc0\x0c" + struct.pack(">HHIH", DNS_A, 1, 5, 4) + socket.inet_aton(self.answers[name])  # type: ignore[arg-type]
+        flags = 0x8180 if known else 0x8183  # a response, recursion available; NXDOMAIN for unknown names
+        header = struct.pack(">HHHHHH", struct.unpack(">H", data[:2])[0], flags, 1, 1 if answers else 0, 0, 0)
+        assert self.transport is not None
+        self.transport.sendto(header + question + answers, addr)
+
+
+def _dns_question(data: bytes) -> tuple[str, int, int]:
+    """The query's name, type, and where its question section ends."""
+    labels, at = [], 12
+    while data[at]:
+        labels.append(data[at + 1 : at + 1 + data[at]].decode("ascii"))
+        at += 1 + data[at]
+    qtype = struct.unpack(">H", data[at + 1 : at + 3])[0]
+    return ".".join(labels).lower(), qtype, at + 5
+
+
+def start_dns_server(server: ServerThread, answers: dict[str, str | None], port: int = 0) -> tuple[DNSServer, int]:
+    """A UDP DNS server on 127.0.0.1 (port 0: any free one); returns it and its port."""
+
+    async def start() -> tuple[DNSServer, int]:
+        transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: DNSServer(answers), local_addr=("127.0.0.1", port)
+        )
+
+        async def close() -> None:
+            transport.close()
+
+        server.cleanups.append(close)
+        return protocol, transport.get_extra_info("sockname")[1]
+
+    return server.run(start())

@@ -187,8 +187,9 @@ def chat_relay(server: ServerThread) -> ChatRelay:
     return relay
 
 
-def chat(url: str, api: str = "openai", timeout: float = 5.0, key: str | None = KEY, **settings: Any) -> tuple[ChatSample, float]:
-    probe = ProbeSettings(api=api, chat=ChatSettings(model=settings.pop("model", "gpt-4.1-mini"), timeout=timeout, **settings))
+def chat(url: str, api: str = "openai", timeout: float = 5.0, key: str | None = KEY, follow: str = "same-origin", **settings: Any) -> tuple[ChatSample, float]:
+    chat_settings = ChatSettings(model=settings.pop("model", "gpt-4.1-mini"), timeout=timeout, **settings)
+    probe = ProbeSettings(api=api, chat=chat_settings, follow_redirects=follow)
     started = time.perf_counter()
     sample = asyncio.run(chat_once(Line("x", url), probe, key, make_ssl_context(), None))
     return sample, time.perf_counter() - started
@@ -357,7 +358,7 @@ def _answer(raw: bytes) -> Any:
 
 @pytest.mark.parametrize("header, other_origin, keeps_key", [("location", False, True), ("location", True, False), ("uri", True, False)])
 def test_x_api_key_crosses_a_redirect_only_within_its_origin(server: ServerThread, header: str, other_origin: bool, keeps_key: bool) -> None:
-    """aiohttp drops Authorization itself; Anthropic's x-api-key is linepicker's to drop."""
+    """Anthropic's x-api-key stays home like Authorization (probe.follow_redirects: any lets it leave at all)."""
     seen: dict[str, list[bytes]] = {"line": [], "other": []}
     route: dict[str, str] = {}
     body = json.dumps(ANTHROPIC_MODELS).encode()
@@ -376,12 +377,24 @@ def test_x_api_key_crosses_a_redirect_only_within_its_origin(server: ServerThrea
     line = start_raw_server(server, bounce("line"))
     other = start_raw_server(server, bounce("other"))
     route["to"] = f"{other if other_origin else line}/v1/models"
-    settings = ProbeSettings(timeout=2, samples=1, api="anthropic")
+    settings = ProbeSettings(timeout=2, samples=1, api="anthropic", follow_redirects="any")
     [sample] = asyncio.run(probe_round([Line("x", line + "/start")], settings, KEY))[0].samples
     assert sample.outcome == "ok", sample.error
     landed = seen["other" if other_origin else "line"][-1]
     assert KEY.encode() in seen["line"][0]
     assert (KEY.encode() in landed) is keeps_key, landed
+
+
+def test_a_chat_redirected_to_another_origin_is_not_followed_by_default(server: ServerThread, chat_relay: ChatRelay) -> None:
+    target = chat_relay.url("elsewhere") + "/v1/chat/completions"
+    line = start_raw_server(server, _answer(head("307 Temporary Redirect", location=target, content_length=0)))
+    sample, _ = chat(line)
+    assert sample.outcome == "redirect" and sample.error == f"redirected to {chat_relay.base} (probe.follow_redirects: same-origin)"
+    assert not chat_relay.chats["elsewhere"], "nothing, and no key, went there"
+    followed, _ = chat(line, follow="any")
+    assert followed.outcome == "ok", followed.error
+    assert chat_relay.chats["elsewhere"][0]["stream"] is True, "a 307 keeps the method and the body"
+    assert "Authorization" not in chat_relay.headers["elsewhere"][-1], "the key stays with the line's origin"
 
 
 # ---------------------------------------------------------------- chat in a round: eligibility, record, cost

@@ -14,7 +14,7 @@ import pytest
 from click.testing import Result
 
 from conftest import stdout_json
-from servers import Relay, ServerThread, head, refused_url, replies, reset_connection, send_garbage, start_raw_server
+from servers import Relay, ServerThread, head, refused_url, replies, reset_connection, send_garbage, start_dns_server, start_raw_server
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
@@ -323,7 +323,14 @@ def test_a_relay_s_error_text_is_printed_as_sent(server: ServerThread, write_con
 # ---------------------------------------------------------------- what a first run and a bad round say
 
 
-UNRESOLVABLE = "https://" + ".".join(["x" * 60] * 5) + ".invalid"  # longer than DNS allows: refused by the resolver itself, no query sent
+UNRESOLVABLE = "https://nowhere.invalid"  # the resolver of `nameservers` has no such name: no query leaves the machine
+
+
+@pytest.fixture
+def nameservers(server: ServerThread) -> list[str]:
+    """probe.nameservers for a DNS server on 127.0.0.1 that knows no name at all."""
+    _, port = start_dns_server(server, {})
+    return [f"127.0.0.1:{port}"]
 
 
 @pytest.mark.parametrize(
@@ -336,17 +343,19 @@ UNRESOLVABLE = "https://" + ".".join(["x" * 60] * 5) + ".invalid"  # longer than
     ],
 )
 def test_no_eligible_line_names_the_likely_cause(
-    lines: dict[str, str], cause: str, relay: Relay, write_config, run, monkeypatch: pytest.MonkeyPatch
+    lines: dict[str, str], cause: str, relay: Relay, write_config, run, monkeypatch: pytest.MonkeyPatch, nameservers: list[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     urls = {
         name: refused_url() if how == "refused" else how if how.startswith("https://") else relay.url(name, mode=how, key="another key")
         for name, how in lines.items()
     }
-    config = write_config(urls, key_env="OPENAI_API_KEY")
+    config = write_config(urls, key_env="OPENAI_API_KEY", probe={"timeout": 2, "samples": 3, "nameservers": nameservers})
 
     result = run("pick", "--config", str(config))
-    data = stdout_json(run("pick", "--config", str(config), "--json"))
+    # A database of its own: with the first round's failures on record, a second round is settled (no line can
+    # be eligible) as soon as one line fails, and a line still waiting for its DNS answer is not waited for.
+    data = stdout_json(run("pick", "--config", str(config), "--json", db=tmp_path / "fresh.db"))
 
     assert result.exit_code == 3
     assert f"likely cause: {cause}" in result.stdout
@@ -361,7 +370,7 @@ def test_mixed_failures_are_not_given_a_made_up_cause(relay: Relay, write_config
     assert stdout_json(run("pick", "--config", str(config), "--json"))["hint"] is None
 
 
-def test_the_bundled_example_config_points_at_init_and_add(write_config, tmp_path: Path, db_path: Path) -> None:
+def test_the_bundled_example_config_points_at_init_and_add(write_config, tmp_path: Path, db_path: Path, nameservers: list[str]) -> None:
     """The README's first run offline: the bundled config (here with a line that cannot be resolved, as offline)."""
     import asyncio
 
@@ -370,7 +379,8 @@ def test_the_bundled_example_config_points_at_init_and_add(write_config, tmp_pat
     from linepicker.report.documents import round_json
     from linepicker.store import Store
 
-    config = parse_config(f"lines:\n  - name: main\n    url: {UNRESOLVABLE}\n", tmp_path / "lines.yaml", "bundled default")
+    text = f"probe:\n  nameservers: {nameservers}\nlines:\n  - name: main\n    url: {UNRESOLVABLE}\n"
+    config = parse_config(text, tmp_path / "lines.yaml", "bundled default")
     with Store(db_path) as store:
         result = asyncio.run(picker.run_round(config, store, "pick"))
     hint = round_json(result, config, with_samples=False)["hint"]

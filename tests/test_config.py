@@ -175,6 +175,25 @@ def test_other_paths_are_kept_without_warning(cfg: Path, raw: str, url: str) -> 
     assert config.lines[0].url == url and config.warnings == () and config.notes == ()
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["https://relay-1.example", "https://例え.jp", "https://xn--r8jz45g.jp", "http://[::1]:8080", "http://127.0.0.1:9", "https://a.example.", "https://_acme.a.example", "https://" + "d" * 63 + ".example"],
+)
+def test_every_host_a_resolver_takes_is_accepted(cfg: Path, raw: str) -> None:
+    assert parse(f"lines:\n  - name: a\n    url: '{raw}'\n", cfg).lines[0].url == raw
+
+
+def test_nameservers_take_addresses_with_or_without_a_port(cfg: Path) -> None:
+    config = parse(GOOD_LINES + "probe:\n  nameservers: [1.1.1.1, '127.0.0.1:5353', '[::1]:53', '2606:4700::1111']\n", cfg)
+    assert config.probe.nameservers == ("1.1.1.1", "127.0.0.1:5353", "[::1]:53", "2606:4700::1111")
+
+
+@pytest.mark.parametrize("follow", ["same-origin", "any", "none"])
+def test_follow_redirects_takes_its_three_values(cfg: Path, follow: str) -> None:
+    assert parse(GOOD_LINES + f"probe:\n  follow_redirects: {follow}\n", cfg).probe.follow_redirects == follow
+    assert parse(GOOD_LINES, cfg).probe.follow_redirects == "same-origin"
+
+
 def test_relative_targets_follow_the_config_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "proj").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -245,6 +264,20 @@ MISTAKES = [
     ("url-pipe", "lines:\n  - name: a\n    url: " + "'https://a.example/a|b'" + "\n", 3, "'|'"),
     ("url-caret", "lines:\n  - name: a\n    url: " + "'https://a.example/a^b'" + "\n", 3, "'^'"),
     ("url-list", "lines:\n  - name: a\n    url: [https://a.example]\n", 3, "url must be a single value"),
+    ("url-host-empty-label", "lines:\n  - name: a\n    url: http://evil..example/\n", 3, "invalid host name (an empty label"),
+    ("url-host-dot", "lines:\n  - name: a\n    url: http://./\n", 3, "invalid host name (an empty label"),
+    ("url-host-leading-dot", "lines:\n  - name: a\n    url: http://.a.example\n", 3, "invalid host name (an empty label"),
+    ("url-host-long-label", "lines:\n  - name: a\n    url: http://" + "a" * 300 + ".example\n", 3, "a label of 300 characters"),
+    ("url-host-64-label", "lines:\n  - name: a\n    url: http://" + "b" * 64 + ".example\n", 3, "a label of 64 characters"),
+    ("url-host-too-long", "lines:\n  - name: a\n    url: http://" + "c" * 60 + ".c" * 100 + ".example\n", 3, "more than DNS allows (253)"),
+    ("url-host-not-idna", "lines:\n  - name: a\n    url: http://\u00ad\u00ad.example\n", 3, "not a valid international domain name"),
+    ("url-host-hyphen-end", "lines:\n  - name: a\n    url: http://relay-.example\n", 3, "'relay-'"),
+    ("url-host-short-ipv4", "lines:\n  - name: a\n    url: http://127.1/\n", 3, "all-digit last label"),
+    ("proxy-host-empty-label", GOOD_LINES + "    proxy: http://p..local:3128\n", 4, "proxy has an invalid host name"),
+    ("nameservers-name", GOOD_LINES + "probe:\n  nameservers: [dns.google]\n", 5, "probe.nameservers entry 'dns.google' must be an IP address"),
+    ("nameservers-port", GOOD_LINES + "probe:\n  nameservers: ['127.0.0.1:99999']\n", 5, "invalid port"),
+    ("nameservers-empty", GOOD_LINES + "probe:\n  nameservers: []\n", 5, "probe.nameservers must name a DNS server"),
+    ("follow-redirects-unknown", GOOD_LINES + "probe:\n  follow_redirects: always\n", 5, "probe.follow_redirects must be one of same-origin, any, none, got 'always'"),
     ("proxy-socks", GOOD_LINES + "    proxy: socks5://p.local:1080\n", 4, "proxy must be"),
     ("proxy-unclosed-ipv6", GOOD_LINES + "    proxy: 'http://[::1'\n", 4, "not a valid address"),
     ("timeout-string", GOOD_LINES + "probe:\n  timeout: fast\n", 5, "probe.timeout must be a positive duration"),

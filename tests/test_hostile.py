@@ -9,17 +9,21 @@ defeats) or an unbounded read (which a 4 GiB body would turn into gigabytes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gzip
+import json
+import os
+import sqlite3
 import subprocess
 import sys
-import json
 import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe.round import probe_round
@@ -49,10 +53,11 @@ JSON_HEAD = head(content_length=len(MODELS_BODY), content_type="application/json
 FOUR_GIB = 4 * 2**30
 
 
-def probe(url: str, timeout: float = TIMEOUT, key: str | None = None, insecure: bool = False) -> tuple[Sample, float]:
+def probe(url: str, timeout: float = TIMEOUT, key: str | None = None, insecure: bool = False, follow: str = "same-origin") -> tuple[Sample, float]:
     """One sample of one line, and how long the round took."""
     started = time.perf_counter()
-    runs = asyncio.run(probe_round([Line("x", url, insecure=insecure)], ProbeSettings(timeout=timeout, samples=1), key))
+    settings = ProbeSettings(timeout=timeout, samples=1, follow_redirects=follow)
+    runs = asyncio.run(probe_round([Line("x", url, insecure=insecure)], settings, key))
     return runs[0].samples[0], time.perf_counter() - started
 
 
@@ -273,18 +278,63 @@ def _authorization_sent(request: bytes) -> bool:
     ],
 )
 def test_a_redirect_carries_the_key_only_within_its_origin(server: ServerThread, case: str, target: str, lands: str, keeps_key: bool) -> None:
-    """As httpx (the OpenAI SDK) does: Authorization is dropped when scheme, host or port change."""
+    """As httpx (the OpenAI SDK) does: Authorization is dropped when scheme, host or port change (probe.follow_redirects: any)."""
     seen: dict[str, list[bytes]] = {"line": [], "other": []}
     route: dict[str, str] = {}
     line = start_raw_server(server, recording(seen["line"], _bounce(route)))
     other = start_raw_server(server, recording(seen["other"], _bounce(route)))
     route["to"] = target.format(line=line, line_by_name=line.replace("127.0.0.1", "localhost"), other=other)
-    sample, _ = probe(line + "/start", key=KEY)
+    sample, _ = probe(line + "/start", key=KEY, follow="any")
     assert sample.outcome == "ok", sample.error
     first = seen["line"].pop(0)
     assert _authorization_sent(first) and KEY.encode() in first, "the key goes to the line itself"
     assert len(seen[lands]) == 1, f"{case}: the redirect was not followed to where expected"
     assert _authorization_sent(seen[lands][0]) is keeps_key, f"{case}: {seen[lands][0]!r}"
+
+
+@pytest.mark.parametrize(
+    "follow, target, outcome, lands",
+    [
+        ("same-origin", "{line}/v1/models", "ok", "line"),
+        ("same-origin", "{line_by_name}/v1/models", "redirect", None),
+        ("same-origin", "{other}/v1/models", "redirect", None),
+        ("none", "{line}/v1/models", "redirect", None),
+        ("any", "{other}/v1/models", "ok", "other"),
+    ],
+)
+def test_redirects_are_followed_as_probe_follow_redirects_says(server: ServerThread, follow: str, target: str, outcome: str, lands: str | None) -> None:
+    """Issue 11 item 22: a redirect to a LAN address had its page title recorded and shown as the line's answer."""
+    seen: dict[str, list[bytes]] = {"line": [], "other": []}
+    route: dict[str, str] = {}
+    line = start_raw_server(server, recording(seen["line"], _bounce(route)))
+    other = start_raw_server(server, recording(seen["other"], _bounce(route)))
+    route["to"] = target.format(line=line, line_by_name=line.replace("127.0.0.1", "localhost"), other=other)
+    sample, _ = probe(line + "/start", key=KEY, follow=follow)
+    assert sample.outcome == outcome, sample.error
+    assert len(seen["line"]) == (2 if lands == "line" else 1)
+    assert len(seen["other"]) == (1 if lands == "other" else 0), "a redirect not followed sends nothing there"
+    if outcome == "redirect":
+        where = route["to"].removesuffix("/v1/models")
+        assert sample.error == f"redirected to {where} (probe.follow_redirects: {follow})"
+        assert sample.success is False
+
+
+def test_a_line_redirected_elsewhere_is_shown_as_such(server: ServerThread, write_config, run) -> None:
+    route: dict[str, str] = {}
+    lan: list[bytes] = []
+    line = start_raw_server(server, _bounce(route))
+    portal = b"<html><head><title>Router login</title></head></html>"
+    elsewhere = start_raw_server(server, recording(lan, replies(head(content_type="text/html", content_length=len(portal)) + portal)))
+    route["to"] = elsewhere + "/portal"  # plays a LAN page: it must not be asked, nor its title shown as the line's
+    config = write_config({"moved": line + "/start", "good": start_raw_server(server, replies(JSON_HEAD + MODELS_BODY))})
+    result = run("pick", "--config", str(config), "--json")
+    lines = {entry["name"]: entry for entry in json.loads(result.stdout)["lines"]}
+    assert lines["moved"]["outcomes"] == ["redirect"] * 3
+    assert lines["moved"]["error"] == f"redirected to {elsewhere} (probe.follow_redirects: same-origin)"
+    assert json.loads(result.stdout)["chosen"]["name"] == "good"
+    assert not lan, "the page elsewhere was never requested"
+    status = run("status", "--config", str(config)).stdout
+    assert f"redirected to {elsewhere}" in status and "Router login" not in status
 
 
 def test_a_redirect_loop_ends_at_once(server: ServerThread) -> None:
@@ -298,6 +348,69 @@ def test_a_redirect_to_something_that_is_not_http_is_a_protocol_error(server: Se
     sample, _ = probe(start_raw_server(server, redirects(302, location)))
     assert sample.outcome == "protocol", sample.error
     assert location in sample.error
+
+
+def _redirect_raw(location: bytes) -> bytes:
+    return b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+HOSTILE_LOCATIONS = {
+    "an empty label": b"http://evil..example/v1/models",
+    "a lone dot": b"http://./",
+    "a 300-character label": b"http://" + b"a" * 300 + b".example/",
+    "non-ASCII host bytes": b"http://\xff\xfe.example/",
+    "an IPv4 address cut short": b"http://127.1/",
+    "an empty host": b"http:///v1/models",
+}
+
+
+@pytest.mark.parametrize("follow", ["same-origin", "any"])
+def test_a_hostile_redirect_fails_its_own_sample_and_the_round_records_every_line(server: ServerThread, follow: str) -> None:
+    """Issue 11 item 14: these crashed the whole round for every line (aiohttp and the IDNA codec raise what classify did not know)."""
+    route: dict[str, str] = {}
+    seen: list[bytes] = []
+    home = start_raw_server(server, recording(seen, _bounce(route)))
+    route["to"] = home.replace("http://", "http://user:pass@") + "/landed/v1/models"  # same origin, with credentials
+    lines = [Line("good", start_raw_server(server, replies(JSON_HEAD + MODELS_BODY))), Line("userinfo", home + "/start")]
+    lines += [Line(f"bad{n}", start_raw_server(server, replies(_redirect_raw(location)))) for n, location in enumerate(HOSTILE_LOCATIONS.values())]
+    settings = ProbeSettings(timeout=TIMEOUT, samples=2, follow_redirects=follow)
+    runs = asyncio.run(probe_round(lines, settings, KEY))
+    samples = {run.line.name: run.samples for run in runs}
+    assert [sample.outcome for sample in samples["good"]] == ["ok", "ok"]
+    assert [sample.outcome for sample in samples["userinfo"]] == ["ok", "ok"], samples["userinfo"][0].error
+    landed = [request for request in seen if b"/landed/" in request]
+    assert landed and all(f"Bearer {KEY}".encode() in request and b"Basic" not in request for request in landed), "the relay's credentials are never sent"
+    for name, location in zip((f"bad{n}" for n in range(len(HOSTILE_LOCATIONS))), HOSTILE_LOCATIONS):
+        outcomes = {sample.outcome for sample in samples[name]}
+        assert outcomes <= {"protocol", "redirect"} and len(samples[name]) == 2, (location, samples[name])
+        assert all(sample.error and "\n" not in sample.error for sample in samples[name])
+
+
+def test_the_daemon_keeps_every_round_when_a_line_redirects_with_credentials(server: ServerThread, tmp_path: Path) -> None:
+    """The daemon logged "round failed" every round and recorded nothing, for every line."""
+    route: dict[str, str] = {}
+    home = start_raw_server(server, _bounce(route))
+    route["to"] = home.replace("http://", "http://user:pass@") + "/landed/v1/models"
+    lines = [{"name": "good", "url": start_raw_server(server, replies(JSON_HEAD + MODELS_BODY))}, {"name": "userinfo", "url": home + "/start"}]
+    lines += [{"name": f"bad{n}", "url": start_raw_server(server, replies(_redirect_raw(location)))} for n, location in enumerate(HOSTILE_LOCATIONS.values())]
+    config = tmp_path / "lines.yaml"
+    config.write_text(yaml.safe_dump({"key_env": "OPENAI_API_KEY", "probe": {"timeout": 1, "samples": 1, "interval": 0.2, "follow_redirects": "any"}, "lines": lines}))
+    db = tmp_path / "lp.db"
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()} | {"OPENAI_API_KEY": KEY}
+    daemon = subprocess.Popen([sys.executable, "-m", "linepicker", "daemon", "--config", str(config), "--db", str(db), "--listen", "off"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        recorded = 0
+        while recorded < 3 and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.1)
+            with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as conn:
+                recorded = conn.execute("select count(*) from rounds r where (select count(distinct line_id) from samples s where s.round_id = r.id) = ?", [len(lines)]).fetchone()[0]
+        assert daemon.poll() is None, "the daemon keeps running"
+    finally:
+        daemon.terminate()
+        _, log = daemon.communicate(timeout=15)
+    assert recorded >= 3, f"rounds recording all {len(lines)} lines: {recorded}\n{log}"
+    assert "round failed" not in log and "Traceback" not in log, log
 
 
 # ---------------------------------------------------------------- scale

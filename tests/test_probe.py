@@ -24,8 +24,8 @@ from servers import (
 )
 
 
-def probe(url: str, key: str | None = None, timeout: float = 2.0, samples: int = 1, name: str = "x", proxy: str | None = None):
-    settings = ProbeSettings(timeout=timeout, samples=samples)
+def probe(url: str, key: str | None = None, timeout: float = 2.0, samples: int = 1, name: str = "x", proxy: str | None = None, follow: str = "same-origin"):
+    settings = ProbeSettings(timeout=timeout, samples=samples, follow_redirects=follow)
     runs = asyncio.run(probe_round([Line(name, url, proxy)], settings, key))
     return runs[0].samples
 
@@ -150,7 +150,7 @@ def test_redirect_to_another_host_drops_the_key(server: ServerThread, relay: Rel
     other = server.start_relay()
     target = other.url("landing").replace("127.0.0.1", "localhost") + "/v1/models"
     url = relay.url("moved", mode="redirect", redirect_to=target)
-    [sample] = probe(url, key="sk-secret-1")
+    [sample] = probe(url, key="sk-secret-1", follow="any")
     assert sample.outcome == "ok"
     assert relay.requests["moved"][-1]["Authorization"] == "Bearer sk-secret-1"
     assert "Authorization" not in other.requests["landing"][-1]

@@ -45,6 +45,7 @@ from ..probe.outcomes import (
     UNFINISHED,
     classify_exception,
     classify_response,
+    relay_text,
 )
 from ..probe.timing import make_ssl_context, proxy_for
 from ..traffic import Attempt
@@ -805,7 +806,7 @@ def _event_error(event: Event, data: dict[str, Any] | None) -> str | None:
     response = data.get("response")
     if not data.get("error") and isinstance(response, dict) and response.get("error"):
         data = response  # response.failed carries its error in the response
-    return error_text(data) or data.get("message") or " ".join(event.data.split())[:200] or "an error event"
+    return relay_text(str(error_text(data) or data.get("message") or event.data), None, 200) or "an error event"
 
 
 def _has_text(data: dict[str, Any]) -> bool:

@@ -7,10 +7,12 @@ so the page, /api/status and /metrics cannot disagree with each other.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .. import picker, policy
 from ..config import Config, Line
@@ -91,11 +93,42 @@ class LiveState:
     switches: int = 0
     ttfb_count: Counter[str] = field(default_factory=Counter)  # successful samples timed since start: a summary's _count
     ttfb_sum_ms: Counter[str] = field(default_factory=Counter)
-    last_round_at: float | None = None
+    last_round_at: float | None = None  # unix time, for people and Prometheus
     last_full_round_at: float | None = None  # a round of every line: what makes the record whole
     started_at: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.monotonic  # what staleness is measured on: a wall clock can be stepped
+    last_round_tick: float | None = None  # `clock` when the latest round finished
+    started_tick: float = field(default_factory=time.monotonic)
     breakers: Breakers | None = None  # the gateway's, while the daemon serves one
     order: tuple[Line, ...] = ()  # the lines in the policy's order, chosen first: where the gateway sends requests
+    version: int = 0  # changes whenever what the page, /api/status or /metrics show may have changed
+    rounds_probing: int = 0  # rounds with requests in flight (a watch round may run beside a full one)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+        self.started_tick = self.clock()
+
+    @property
+    def probing(self) -> bool:
+        """Requests are being timed: nothing heavy may run on the loop."""
+        return self.rounds_probing > 0
+
+    @contextlib.contextmanager
+    def probing_round(self) -> Iterator[None]:
+        """Mark a round's probing, so the HTTP side renders nothing while its requests are being timed."""
+        self.rounds_probing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.rounds_probing -= 1
+            if not self.rounds_probing:
+                self._idle.set()
+
+    async def between_rounds(self) -> None:
+        while self.probing:
+            await self._idle.wait()
 
     def health_of(self, name: str) -> Health:
         return self.health.get(name, Health())
@@ -149,8 +182,10 @@ class LiveState:
                 flips.append(Transition(run.line.name, after.up, rise if after.up else fall, last_error))
         self.rounds[kind] += 1
         self.last_round_at = time.time()
+        self.last_round_tick = self.clock()
         if kind == FULL:
             self.last_full_round_at = self.last_round_at
+        self.version += 1
         return flips
 
     def reconfigure(self, config: Config) -> None:
@@ -161,6 +196,7 @@ class LiveState:
         if self.breakers is not None:
             self.breakers.forget(names)
         self.config = config
+        self.version += 1
 
     def stats(self) -> list[LineStats]:
         """Window figures in config order, with `up` from rise/fall rather than the latest round alone."""

@@ -39,6 +39,7 @@ from ..config import Config, Line, Listen, RetentionSettings, Setup, load_setup
 from ..doctor import client_checks
 from ..errors import ExitStatus, LinepickerError
 from ..policy import Verdict
+from ..probe.outcomes import LOCAL
 from ..store import Decision, RollUp, Store, resolve_db_path
 from ..words import counted
 from . import web
@@ -50,9 +51,13 @@ if TYPE_CHECKING:
     from apscheduler.events import JobEvent
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+    from ..probe.sample import Sample
+
 log = logging.getLogger("linepicker")
 
 STOP_GRACE_S = 2.0  # how long a running round may go on after SIGTERM before it is cancelled
+CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic one
+CLOCK_JUMP_S = 1.0  # a step of the wall clock at least this large: no job may then wait longer than its interval
 HOOK_TIMEOUT_S = 60.0
 RETENTION_EVERY_S = 3600.0
 DEBUG_SCHEDULER = "LINEPICKER_DEBUG_SCHEDULER"  # set: APScheduler's own log at debug level, for its bugs
@@ -238,9 +243,11 @@ class Daemon:
         scheduler.add_job(self._job("retention", self.retention), "interval", seconds=RETENTION_EVERY_S, id="retention", next_run_time=now, **_JOB)
         scheduler.start()
         log.info("daemon started: %s from %s, db %s%s", self._schedule_text(), setup.source, self.store.path, f", status page {self.url}" if self.url else "")
+        clock_watch = asyncio.ensure_future(self._follow_clock_steps(scheduler))
         try:
             await self._stopping.wait()
         finally:
+            clock_watch.cancel()
             for gateway in gateways:
                 await gateway.stop()  # first, so no client is handed a gateway about to close
             scheduler.pause()
@@ -261,6 +268,30 @@ class Daemon:
         if not self.setup.named:
             return one(self.setup.relays[0])
         return "relays " + "; ".join(f"{config.relay} ({one(config)})" for config in self.setup.relays)
+
+    async def _follow_clock_steps(self, scheduler: AsyncIOScheduler) -> None:
+        """Keep the rounds' pace when the wall clock is stepped back.
+
+        APScheduler keeps its jobs' times on the wall clock: stepped back an
+        hour, it waited an hour for the next round. (Stepped forward, it runs
+        what is overdue at once.) A step shows here as a change in the wall
+        clock's offset from the monotonic one; then no job may wait longer
+        than its own interval.
+        """
+        offset = time.time() - time.monotonic()
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            step = time.time() - time.monotonic() - offset
+            offset += step
+            if abs(step) < CLOCK_JUMP_S:
+                continue
+            log.warning("the wall clock was stepped %+.0f s; the rounds keep their pace", step)
+            now = dt.datetime.now(dt.timezone.utc)
+            for job in scheduler.get_jobs():
+                interval, jitter = getattr(job.trigger, "interval", None), getattr(job.trigger, "jitter", None) or 0
+                latest = now + interval + dt.timedelta(seconds=jitter) if interval is not None else None
+                if latest is not None and job.next_run_time is not None and job.next_run_time > latest:
+                    job.modify(next_run_time=now + interval)
 
     def stop(self, why: str = "stop") -> None:
         if not self._stopping.is_set():
@@ -403,6 +434,7 @@ class RelayRounds:
         self.prefix = f"relay {config.relay}: " if daemon.setup.named else ""  # log lines say which relay, once there are several
         self._round_lock = asyncio.Lock()
         self._none_eligible = False
+        self._failing_locally = False
         self.gateway: GatewayService | None = None
         if config.gateway is not None and daemon.gateway_metrics is not None:
             self.gateway = GatewayService(self.live, self.store, config.gateway, self.recheck_soon, daemon.gateway_metrics)
@@ -494,7 +526,9 @@ class RelayRounds:
 
     async def _round(self, kind: str, lines: tuple[Line, ...]) -> None:
         config = self.live.config
-        round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        with self.live.probing_round():
+            round_id, runs = await picker.measure(config, self.store, kind, lines=lines)
+        self._note_local_failures([sample for run in runs for sample in run.samples if sample.outcome == LOCAL])
         previous = self.store.choice()  # read now: a watch round may have switched while this one measured
         for flip in self.live.record(kind, runs):
             if flip.up:
@@ -510,6 +544,15 @@ class RelayRounds:
         self._note_eligibility(verdict)
         if chosen is not None and chosen != previous:
             self._switched(config, chosen)
+
+    def _note_local_failures(self, failed: list[Sample]) -> None:
+        """Say once when probes start failing on this machine (out of open files or ports), and once when they stop."""
+        if bool(failed) != self._failing_locally:
+            if failed:
+                log.warning("%s%s not counted against their lines: %s; raise the open-file limit (ulimit -n)", self.prefix, counted(len(failed), "sample"), failed[0].error)
+            else:
+                log.info("%sprobes no longer fail on this machine", self.prefix)
+        self._failing_locally = bool(failed)
 
     def _note_eligibility(self, verdict: Verdict) -> None:
         """Say once when no line is eligible, and once when one is again, rather than every round."""

@@ -21,7 +21,9 @@ from ..config import Listen
 from ..errors import ConfigError
 from ..report import documents, page, series, svg
 from ..report.history import SPANS, History, history
+from . import guard, listener
 from .live import LineTraffic, LiveState
+from .snapshot import Snapshot
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
@@ -29,16 +31,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("linepicker")
 
 PAGE_REFRESH_S = 30
+ANSWER_MAX_AGE_S = 2.0  # /api/status and /metrics: the gateway's counters move between rounds; `top` asks every 2 s
 
 
 async def start(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None = None) -> web.AppRunner:
     """Bind and serve; a port already in use is a one-line error, not a traceback."""
     if not listen.loopback:
         log.warning("listening on %s, not loopback: anyone who can reach it sees your lines and choice", listen.host)
-    runner = web.AppRunner(app(lives, gateway), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app(lives, listen, gateway), access_log=None, **listener.RUNNER_OPTIONS)
     await runner.setup()
     try:
-        await web.TCPSite(runner, listen.host, listen.port).start()
+        await listener.start_site(runner, listen)
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(f"--listen {listen.host}:{listen.port}: cannot bind: {exc.strerror or exc}") from None
@@ -50,30 +53,33 @@ def page_url(runner: web.AppRunner) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def app(lives: list[LiveState], gateway: GatewayMetrics | None = None) -> web.Application:
+def app(lives: list[LiveState], listen: Listen, gateway: GatewayMetrics | None = None) -> web.Application:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .metrics import registry
 
     metrics = registry(lives, gateway)
+    pages = {span: Snapshot(lives, lambda span=span: render_page(lives, span).encode(), max_age_s=PAGE_REFRESH_S) for span in (None, *SPANS)}
+    status_body = Snapshot(lives, lambda: _dumps(relays_status_json(lives)).encode(), max_age_s=ANSWER_MAX_AGE_S)
+    metrics_body = Snapshot(lives, lambda: generate_latest(metrics), max_age_s=ANSWER_MAX_AGE_S)
 
     async def index(request: web.Request) -> web.Response:
         span = request.query.get("span")
         if span is not None and span not in SPANS:
             return web.Response(status=400, text=f"span {span!r}: choose one of {', '.join(SPANS)}\n")
-        return web.Response(text=render_page(lives, span), content_type="text/html", charset="utf-8")
+        return web.Response(body=await pages[span].get(), content_type="text/html", charset="utf-8")
 
     async def api_status(request: web.Request) -> web.Response:
-        return web.json_response(relays_status_json(lives), dumps=_dumps)
+        return web.Response(body=await status_body.get(), content_type="application/json", charset="utf-8")
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await metrics_body.get(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
-        problem = unhealthy(lives, time.time())
+        problem = unhealthy(lives)
         return web.Response(status=503 if problem else 200, text=(problem or "ok") + "\n")
 
-    application = web.Application()
+    application = web.Application(middlewares=[listener.middleware, guard.middleware(listen)])
     application.router.add_get("/", index)
     application.router.add_get("/api/status", api_status)
     application.router.add_get("/metrics", prometheus)
@@ -81,13 +87,18 @@ def app(lives: list[LiveState], gateway: GatewayMetrics | None = None) -> web.Ap
     return application
 
 
-def staleness(live: LiveState, now: float) -> str | None:
-    """Unhealthy when rounds stopped happening: three missed intervals plus one round's worth of timeouts."""
+def staleness(live: LiveState) -> str | None:
+    """Unhealthy when rounds stopped happening: three missed intervals plus one round's worth of timeouts.
+
+    Measured on the live state's monotonic clock: stepped back an hour, the
+    wall clock would have kept /healthz at ok for that hour.
+    """
     probe = live.config.probe
     allowed = 3 * probe.interval + probe.timeout * probe.samples
-    since = live.last_round_at or live.started_at
+    now = live.clock()
+    since = live.last_round_tick if live.last_round_tick is not None else live.started_tick
     if now - since > allowed:
-        what = "no round finished" if live.last_round_at else "the first round has not finished"
+        what = "no round finished" if live.last_round_tick is not None else "the first round has not finished"
         return f"stale: {what} in the last {now - since:.0f} s (allowed {allowed:g} s)"
     return None
 
@@ -95,10 +106,10 @@ def staleness(live: LiveState, now: float) -> str | None:
 TREND_MARKS = 20
 
 
-def unhealthy(lives: list[LiveState], now: float) -> str | None:
+def unhealthy(lives: list[LiveState]) -> str | None:
     """The first relay whose rounds stopped, named when there are several."""
     for live in lives:
-        if problem := staleness(live, now):
+        if problem := staleness(live):
             return f"relay {live.config.relay}: {problem}" if len(lives) > 1 else problem
     return None
 

@@ -24,6 +24,7 @@ from ..config import ChatSettings, Line, ProbeSettings
 from ..words import counted
 from .outcomes import (
     API_NAMES,
+    LOCAL,
     MODEL_ERROR,
     NOT_API,
     OK,
@@ -34,6 +35,7 @@ from .outcomes import (
     is_success,
     page_hint,
     redact,
+    relay_text,
 )
 from .phases import Phases
 from .round import FollowUp, Limits, LineRun
@@ -118,7 +120,8 @@ class EventStream:
 class Answer:
     """One API's stream, judged event by event: the text chunks, the usage, whether it finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str | None = None) -> None:
+        self.secret = secret  # masked in any piece of the stream quoted in an error
         self.text_chunks = 0
         self.usage_tokens: int | None = None
         self.finished = False  # the answer is complete
@@ -128,16 +131,19 @@ class Answer:
         """The answer text this event adds ('' for none); raises StreamError for an error or a malformed event."""
         raise NotImplementedError
 
-    @staticmethod
-    def payload(event: Event) -> dict[str, Any]:
+    def quote(self, data: str) -> str:
+        """A piece of the stream for an error message: masked, then cut."""
+        return repr(relay_text(data, self.secret, 80))
+
+    def payload(self, event: Event) -> dict[str, Any]:
         try:
             data = json.loads(event.data)
         except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, a relay can send that
-            raise StreamError(PROTOCOL, f"malformed event: data is not JSON: {event.data[:80]!r}") from None
+            raise StreamError(PROTOCOL, f"malformed event: data is not JSON: {self.quote(event.data)}") from None
         if not isinstance(data, dict):
-            raise StreamError(PROTOCOL, f"malformed event: data is not a JSON object: {event.data[:80]!r}")
+            raise StreamError(PROTOCOL, f"malformed event: data is not a JSON object: {self.quote(event.data)}")
         if "error" in data:
-            raise StreamError(MODEL_ERROR, f"the API reported an error mid-answer: {error_text(data)}")
+            raise StreamError(MODEL_ERROR, f"the API reported an error mid-answer: {error_text(data, self.secret)}")
         return data
 
 
@@ -151,7 +157,7 @@ class OpenAIAnswer(Answer):
         data = self.payload(event)
         choices = data.get("choices")
         if not isinstance(choices, list):
-            raise StreamError(PROTOCOL, f"malformed event: a chunk without choices: {event.data[:80]!r}")
+            raise StreamError(PROTOCOL, f"malformed event: a chunk without choices: {self.quote(event.data)}")
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.usage_tokens = usage["completion_tokens"]
@@ -159,7 +165,7 @@ class OpenAIAnswer(Answer):
         for choice in choices:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
-                raise StreamError(PROTOCOL, f"malformed event: a choice without a delta: {event.data[:80]!r}")
+                raise StreamError(PROTOCOL, f"malformed event: a choice without a delta: {self.quote(event.data)}")
             for key in ("content", "reasoning_content"):  # reasoning text is a token the user waits for too
                 if isinstance(delta.get(key), str):
                     text += delta[key]
@@ -175,7 +181,7 @@ class AnthropicAnswer(Answer):
         data = self.payload(event)
         kind = data.get("type")
         if not isinstance(kind, str):
-            raise StreamError(PROTOCOL, f"malformed event: no type: {event.data[:80]!r}")
+            raise StreamError(PROTOCOL, f"malformed event: no type: {self.quote(event.data)}")
         if kind == "message_stop":
             self.finished = self.closed = True
         elif kind == "message_delta":
@@ -185,7 +191,7 @@ class AnthropicAnswer(Answer):
         elif kind == "content_block_delta":
             delta = data.get("delta")
             if not isinstance(delta, dict):
-                raise StreamError(PROTOCOL, f"malformed event: a content_block_delta without a delta: {event.data[:80]!r}")
+                raise StreamError(PROTOCOL, f"malformed event: a content_block_delta without a delta: {self.quote(event.data)}")
             for key in ("text", "thinking"):
                 if isinstance(delta.get(key), str):
                     return delta[key]
@@ -216,16 +222,17 @@ async def chat_once(
     stamps = Stamps(start=time.perf_counter())
     started_at = time.time()
     status = None
-    answer = ANSWERS[settings.api]()
+    answer = ANSWERS[settings.api](key)
     first = last = None
     headers = api_headers(settings.api, key, accept="text/event-stream")
     try:
         async with timed_request(
-            "POST", line.url + PATHS[settings.api], stamps, ssl_context, chat.timeout, headers, proxy, json=request_body(settings.api, chat)
+            "POST", line.url + PATHS[settings.api], stamps, ssl_context, chat.timeout, headers, proxy,
+            follow=settings.follow_redirects, nameservers=settings.nameservers, json=request_body(settings.api, chat),
         ) as response:
             status = response.status
             if not 200 <= status < 300 or not _is_event_stream(response):
-                outcome, error = await _not_a_stream(response, settings.api)
+                outcome, error = await _not_a_stream(response, settings.api, key)
             else:
                 events = EventStream()
                 size = 0
@@ -245,7 +252,7 @@ async def chat_once(
     except StreamError as exc:
         outcome, error = exc.outcome, str(exc)
     except Exception as exc:
-        outcome, error = classify_exception(exc, chat.timeout)
+        outcome, error = classify_exception(exc, chat.timeout, key)
         if outcome == TIMEOUT:
             error += f" ({_progress(answer, first, stamps)})"
     tokens = answer.usage_tokens if answer.usage_tokens is not None else (answer.text_chunks or None)
@@ -270,19 +277,19 @@ def _is_event_stream(response: Any) -> bool:
     return "event-stream" in response.content_type
 
 
-async def _not_a_stream(response: Any, api: str) -> tuple[str, str]:
+async def _not_a_stream(response: Any, api: str, secret: str | None) -> tuple[str, str]:
     """An error status, or a 200 that is not a stream: say what came back instead, with the API's own message."""
     body, complete = await read_capped(response)
     if not 200 <= response.status < 300:
-        outcome, error = classify_response(response.status, response.content_type, body, complete, api)
-        detail = error_text(_json(body))
+        outcome, error = classify_response(response.status, response.content_type, body, complete, api, secret=secret)
+        detail = error_text(_json(body), secret)
         return outcome, f"{error}: {detail}" if detail and detail not in (error or "") else (error or f"HTTP {response.status}")
     data = _json(body)
     if "error" in data:
-        return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {error_text(data)}"
+        return MODEL_ERROR, f"HTTP {response.status} with an error instead of a stream: {error_text(data, secret)}"
     if "html" in response.content_type or body.lstrip()[:1] == b"<":
-        return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + page_hint(response.content_type, body)
-    shown = response.content_type or "no content type"
+        return NOT_API, f"HTTP {response.status} but an HTML page instead of a stream" + page_hint(response.content_type, body, secret)
+    shown = relay_text(response.content_type, secret, 80) or "no content type"
     return NOT_API, f"HTTP {response.status} but not an event stream of the {API_NAMES[api]} API ({shown})"
 
 
@@ -303,13 +310,12 @@ def _json(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def error_text(data: dict[str, Any]) -> str:
+def error_text(data: dict[str, Any], secret: str | None = None) -> str:
     """The message of an OpenAI ({"error": {...}}) or Anthropic ({"type": "error", "error": {...}}) error."""
     error = data.get("error")
     if isinstance(error, dict):
-        message = error.get("message") or error.get("type") or error.get("code")
-        return " ".join(str(message).split())[:200] if message else ""
-    return " ".join(str(error).split())[:200] if error else ""
+        error = error.get("message") or error.get("type") or error.get("code")
+    return relay_text(str(error), secret, 200) if error else ""
 
 
 def _progress(answer: Answer, first: float | None, stamps: Stamps) -> str:
@@ -339,6 +345,8 @@ def follow_up(settings: ProbeSettings, key: str | None, due: set[str]) -> Follow
     async def chat(run: LineRun, ssl_context: ssl.SSLContext, proxy: str | None, limits: Limits) -> None:
         if run.line.name in due and answered(run):
             async with limits.place():
-                run.chat = await chat_once(run.line, settings, key, ssl_context, proxy)
+                sample = await chat_once(run.line, settings, key, ssl_context, proxy)
+            if sample.outcome != LOCAL:  # this machine's failure is no verdict on the line's model calls
+                run.chat = sample
 
     return chat

@@ -20,7 +20,7 @@ from ..config import Line, ProbeSettings
 from .outcomes import TIMEOUT, UNFINISHED
 from .phases import Phases
 from .sample import Sample, probe_once
-from .timing import Stamps, fresh_session, make_ssl_context, proxy_for
+from .timing import Stamps, fresh_session, make_ssl_context, proxy_for, resolver
 
 if TYPE_CHECKING:
     import aiohttp
@@ -161,7 +161,7 @@ async def probe_round(
     limits = Limits(sockets=asyncio.Semaphore(socket_budget()), busy=asyncio.Semaphore(settings.concurrency))
     environment = urllib.request.getproxies_environment()
     runs = [LineRun(line) for line in lines]
-    async with fresh_session() as session:
+    async with fresh_session(dns=resolver(settings.nameservers, settings.timeout)) as session:
         tasks = {
             asyncio.ensure_future(
                 probe_line(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import Line, ProbeSettings
-from .outcomes import classify_exception, classify_response, is_success, redact
+from .outcomes import classify_exception, classify_response, judged, redact
 from .phases import Phases
 from .timing import BODY_CAP, MODELS_CAP, Stamps, api_headers, read_capped, timed_request
 
@@ -28,7 +28,7 @@ class Sample:
     seq: int
     started_at: float  # unix time
     outcome: str
-    success: bool | None  # None: unfinished, counts neither way
+    success: bool | None  # None: unfinished, or a local failure; counts neither way
     phases: Phases
     status: int | None = None
     error: str | None = None
@@ -56,19 +56,23 @@ async def probe_once(
     started_at = time.time()
     status = None
     try:
-        async with timed_request("GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session) as response:
+        async with timed_request(
+            "GET", url, stamps, ssl_context, settings.timeout, headers, proxy, session, settings.follow_redirects, settings.nameservers
+        ) as response:
             status = response.status
             body, complete = await read_capped(response, MODELS_CAP if settings.require_models else BODY_CAP)
             stamps.body_end = time.perf_counter()
-            outcome, error = classify_response(response.status, response.content_type, body, complete, settings.api, settings.require_models)
+            outcome, error = classify_response(
+                response.status, response.content_type, body, complete, settings.api, settings.require_models, key
+            )
     except Exception as exc:
-        outcome, error = classify_exception(exc, settings.timeout)
+        outcome, error = classify_exception(exc, settings.timeout, key)
     return Sample(
         line=line.name,
         seq=seq,
         started_at=started_at,
         outcome=outcome,
-        success=is_success(outcome, bool(key)),
+        success=judged(outcome, bool(key)),
         phases=stamps.phases(),
         status=status,
         error=redact(error, key) if error else None,

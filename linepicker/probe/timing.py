@@ -5,7 +5,9 @@ a per-request record, the phases are computed afterwards, and a failed request
 keeps the phases it completed. Every request uses a fresh connection and a
 fresh DNS lookup, because connection reuse and DNS caching would hide the
 very phases a user's first request pays for. The models probe and the chat
-probe both go through `timed_request`.
+probe both go through `timed_request`, which also follows redirects itself:
+where a redirect may lead is probe.follow_redirects' call, and a target that
+could never be requested must end the sample before aiohttp trips over it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import os
 import ssl
 import time
 import urllib.request
+import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from .. import __version__
-from ..config import Line
+from ..config import Line, host_problem
 from .phases import Phases
 
 if TYPE_CHECKING:
@@ -32,7 +35,20 @@ if TYPE_CHECKING:
 BODY_CAP = 64 * 1024
 MODELS_CAP = 4 * 2**20  # require_models needs the whole list; some relays list thousands of models
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+KEY_HEADERS = ("Authorization", "x-api-key", "Cookie")  # what never crosses to another origin
 ANTHROPIC_VERSION = "2023-06-01"
+
+
+class RedirectRefused(Exception):
+    """A redirect probe.follow_redirects does not follow: the sample ends there, naming where it led."""
+
+    def __init__(self, target: str, follow: str):
+        super().__init__(f"redirected to {target} (probe.follow_redirects: {follow})")
+
+
+class BadRedirect(Exception):
+    """A redirect to something that cannot be requested: not a URL, not HTTP, a host no resolver takes, or one hop too many."""
 
 
 @dataclass
@@ -150,38 +166,13 @@ def _trace_config() -> aiohttp.TraceConfig:
 
         return handler
 
-    async def redirect(session: Any, ctx: Any, params: Any) -> None:
-        ctx.trace_request_ctx.new_hop()
-        _drop_key_leaving_origin(params)
-
     trace = aiohttp.TraceConfig()
     trace.on_dns_resolvehost_start.append(stamp("dns_start"))
     trace.on_dns_resolvehost_end.append(stamp("dns_end"))
     trace.on_connection_create_start.append(stamp("conn_start"))
     trace.on_connection_create_end.append(stamp("conn_end"))
     trace.on_request_headers_sent.append(stamp("request_sent"))
-    trace.on_request_redirect.append(redirect)
     return trace
-
-
-def _drop_key_leaving_origin(params: Any) -> None:
-    """aiohttp drops Authorization on a redirect to another origin, but not Anthropic's x-api-key.
-
-    The headers handed to this trace signal are the ones the next hop sends, so
-    the key is removed from them here, before that request is made. The target
-    is read as aiohttp reads it (Location, else URI); in doubt the key stays home.
-    """
-    from yarl import URL
-
-    if "x-api-key" not in params.headers:
-        return
-    location = params.response.headers.get("Location") or params.response.headers.get("URI")
-    try:
-        same = location is not None and params.url.join(URL(location)).origin() == params.url.origin()
-    except ValueError:
-        same = False
-    if not same:
-        params.headers.popall("x-api-key", None)
 
 
 def api_headers(api: str, key: str | None, accept: str = "application/json") -> dict[str, str]:
@@ -214,14 +205,38 @@ def proxy_for(line: Line, url: str, environment: dict[str, str] | None = None) -
     return proxies.get(scheme) or proxies.get("all")
 
 
-def fresh_session(ssl_context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
-    """A session whose every request opens a new connection after a new lookup: a reused connection or a
-    cached address would hide the phases being timed. A round shares one among all its requests (a
-    session and its connector cost more CPU to make and close than the bare request does); the
-    connections are still one per request, and `probe.concurrency` is enforced by the round, not here."""
+_RESOLVERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[tuple[str, ...], float], Any]] = weakref.WeakKeyDictionary()
+
+
+def resolver(nameservers: tuple[str, ...], timeout: float) -> aiohttp.abc.AbstractResolver:
+    """The event loop's DNS resolver: aiodns (c-ares), never the thread pool.
+
+    aiohttp's threaded resolver runs getaddrinfo in the default executor, a
+    handful of threads that a lookup nobody answers holds until the system
+    resolver gives up (10 s and more): six such lines starved every other
+    line's lookup and held the process's exit. c-ares waits for all lookups on
+    one thread of its own, and abandoning a lookup at the sample's deadline
+    costs nothing. Its own retries are fitted within `timeout`. One resolver
+    serves a whole loop, each lookup still fresh (the connector caches nothing).
+    """
+    from aiohttp.resolver import AsyncResolver
+
+    made = _RESOLVERS.setdefault(asyncio.get_running_loop(), {})
+    key = (nameservers, timeout)
+    if key not in made:
+        made[key] = AsyncResolver(nameservers=list(nameservers) or None, timeout=timeout / 2, tries=2)
+    return made[key]
+
+
+def fresh_session(ssl_context: ssl.SSLContext | None = None, dns: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """A session whose every request opens a new connection after a new lookup (through `dns`, from
+    `resolver`): a reused connection or a cached address would hide the phases being timed. A round
+    shares one among all its requests (a session and its connector cost more CPU to make and close than
+    the bare request does); the connections are still one per request, and `probe.concurrency` is
+    enforced by the round, not here."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context or True, limit=0)
+    connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, ssl=ssl_context or True, limit=0, resolver=dns)
     return aiohttp.ClientSession(
         connector=connector, trace_configs=[_trace_config()], response_class=_first_byte_response(), trust_env=False
     )
@@ -282,26 +297,77 @@ async def timed_request(
     headers: dict[str, str],
     proxy: str | None,
     session: aiohttp.ClientSession | None = None,
+    follow: str = "same-origin",
+    nameservers: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """One request on a new connection (in `session`, made by fresh_session, else in one of its own),
     under one total deadline, stamping `stamps` as it goes.
 
-    The deadline covers reading the answer inside the block too, so however a
-    server misbehaves the request ends; `stamps.end` is set on every way out.
+    The deadline covers redirects and reading the answer inside the block too,
+    so however a server misbehaves the request ends; `stamps.end` is set on
+    every way out. Redirects are followed as `follow` (probe.follow_redirects)
+    allows, with the phases of the hop that answered. A session of its own
+    looks names up through `nameservers` (probe.nameservers) when given, else
+    the system's servers; a round's session was made with its resolver.
     """
+    from yarl import URL
+
     token = current_stamps.set(stamps)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if session is None:
-                session = await stack.enter_async_context(fresh_session(ssl_context))
+                session = await stack.enter_async_context(fresh_session(ssl_context, resolver(nameservers, timeout)))
             async with asyncio.timeout(timeout):
-                async with session.request(
-                    method, url, headers=headers, proxy=proxy, max_redirects=MAX_REDIRECTS, trace_request_ctx=stamps,
-                    ssl=ssl_context, **kwargs,
-                ) as response:
+                target, home, headers = URL(url), URL(url).origin(), dict(headers)
+                for hop in range(MAX_REDIRECTS + 1):
+                    response = await session.request(
+                        method, target, headers=headers, proxy=proxy, allow_redirects=False, trace_request_ctx=stamps, ssl=ssl_context, **kwargs
+                    )
                     stamps.headers = time.perf_counter()
+                    following = next_hop(target, response, home, follow)
+                    if following is None:
+                        break
+                    response.release()
+                    if hop == MAX_REDIRECTS:
+                        raise BadRedirect(f"more than {MAX_REDIRECTS} redirects")
+                    if following.origin() != home:
+                        for name in KEY_HEADERS:
+                            headers.pop(name, None)
+                    if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                        method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("json", "data")}
+                    target = following
+                    stamps.new_hop()
+                async with response:
                     yield response
     finally:
         stamps.end = time.perf_counter()
         current_stamps.reset(token)
+
+
+def next_hop(current: Any, response: aiohttp.ClientResponse, home: Any, follow: str) -> Any:
+    """Where a redirect leads, if it is to be followed; None when the response is the answer.
+
+    Read as aiohttp reads it (Location, else URI, relative to the current
+    URL). Credentials in the target are dropped: only the line's own key is
+    sent, and only to the line's origin. Raises RedirectRefused for a target
+    `follow` rules out, BadRedirect for one that cannot be requested at all.
+    """
+    from yarl import URL
+
+    location = response.headers.get("Location") or response.headers.get("URI")
+    if response.status not in REDIRECT_STATUSES or location is None:
+        return None
+    try:
+        target = current.join(URL(location))
+        scheme, host = target.scheme, target.raw_host
+    except (ValueError, UnicodeError):
+        raise BadRedirect(f"redirect to an address that is not a URL: {location}") from None
+    if scheme not in ("http", "https"):
+        raise BadRedirect(f"redirect to a location that is not HTTP: {location}")
+    if problem := host_problem(host or ""):
+        raise BadRedirect(f"redirect to an invalid host name ({problem}): {host}")
+    target = target.with_user(None)
+    if follow == "none" or (follow == "same-origin" and target.origin() != home):
+        raise RedirectRefused(str(target.origin()), follow)
+    return target
