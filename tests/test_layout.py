@@ -21,7 +21,10 @@ from linepicker.store import Store
 
 PACKAGE = Path(__file__).resolve().parent.parent / "linepicker"
 
-CORE = ("config", "probe", "store", "policy", "picker", "targets", "clientenv", "lastchoice", "errors", "fsutil", "traffic", "gatewaylease")
+CORE = (
+    "config", "probe", "store", "policy", "picker", "targets", "clientenv", "lastchoice", "errors", "fsutil", "traffic", "gatewaylease",
+    "dotenvedit", "jsonedit", "urlmask", "words", "configedit", "doctor", "service",
+)
 PRESENTATION = ("cli", "entry", "report.terminal", "daemon")
 
 
