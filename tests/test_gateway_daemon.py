@@ -23,6 +23,7 @@ from linepicker.gatewaylease import live_gateway
 from servers import ApiRelay, ServerThread, start_api_relay
 from test_daemon import FAST, chosen, get, make_daemon, serving, start_daemon_process, until
 from test_prometheus import promtool
+from test_top import free_port
 
 KEY = "sk-daemon-gw-SECRET-4f7a9c2e81"
 GATEWAY = {"listen": "127.0.0.1:0"}
@@ -190,14 +191,6 @@ def test_a_gateway_port_in_use_is_one_line_not_a_traceback(api: ApiRelay, write_
         _, err = process.communicate(timeout=20)
     assert process.returncode == 2, err
     assert f"gateway.listen 127.0.0.1:{port}: cannot bind" in err and "Traceback" not in err
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_each_relay_serves_its_own_gateway_to_its_own_lines(api: ApiRelay, tmp_path: Path, db_path: Path) -> None:
