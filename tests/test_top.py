@@ -39,6 +39,8 @@ def test_top_shows_each_line_the_choice_and_the_last_switch(relay: Relay, write_
         before = await asyncio.to_thread(top, "--url", daemon.url)
         relay.set("a", mode="block")
         await until(lambda: chosen(daemon) == "b" and daemon.live.health_of("a").label(2, 2) == "down", what="a down, b chosen")
+        down_at = daemon.live.rounds["daemon"]  # the switch can come within a trend bucket: wait for one of failures only
+        await until(lambda: daemon.live.rounds["daemon"] >= down_at + 3, what="three rounds with a down")
         return before, await asyncio.to_thread(top, "--url", daemon.url, "--once")
 
     before, after = serving(daemon, body)
