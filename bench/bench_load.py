@@ -19,9 +19,8 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
-import aiohttp
 
-from common import Result, Servers, bench_main, fmt, median, merged_lateness, print_table, quantile
+from common import Result, Servers, bare_round, bench_main, fmt, median, merged_lateness, print_table, quantile
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe.outcomes import OK
@@ -32,31 +31,6 @@ CAPS = [25, 50, 100, 200, 500]
 BARE_CAP = 100
 REPEATS = 3
 DEAD_TIMEOUT_S = 2.0
-
-
-async def bare_round(urls: list[str], cap: int) -> list[float]:
-    """The least a client can do: one GET per URL on a fresh connection, request sent -> headers."""
-    sent: dict[int, float] = {}
-
-    async def on_sent(session: object, ctx: object, params: object) -> None:
-        sent[id(ctx.trace_request_ctx)] = time.perf_counter()  # type: ignore[attr-defined]
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(on_sent)
-    limit = asyncio.Semaphore(cap)
-    connector = aiohttp.TCPConnector(force_close=True, limit=0)
-    out: list[float] = []
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace], trust_env=False) as session:
-
-        async def one(url: str) -> None:
-            key = object()
-            async with limit:
-                async with session.get(url, trace_request_ctx=key) as response:
-                    out.append((time.perf_counter() - sent[id(key)]) * 1000)
-                    await response.read()
-
-        await asyncio.gather(*(one(u) for u in urls))
-    return out
 
 
 def timed(coro_factory: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:

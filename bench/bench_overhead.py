@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 
-from common import Result, Servers, bench_main, fmt, median, print_table, quantile
+from common import Result, Servers, bare_round, bench_main, fmt, median, print_table, quantile
 
 from linepicker.config import Line, ProbeSettings
 from linepicker.probe.outcomes import OK
@@ -41,35 +40,10 @@ LINES = 500
 REPEATS = 5
 
 
-async def bare_round(urls: list[str], context: ssl.SSLContext, cap: int) -> list[float]:
-    """The least a client can do: one GET per URL on a fresh TLS connection, request sent -> headers."""
-    sent: dict[int, float] = {}
-
-    async def on_sent(session: object, ctx: object, params: object) -> None:
-        sent[id(ctx.trace_request_ctx)] = time.perf_counter()  # type: ignore[attr-defined]
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(on_sent)
-    limit = asyncio.Semaphore(cap)
-    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False, ssl=context)
-    out: list[float] = []
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace], trust_env=False) as session:
-
-        async def one(url: str) -> None:
-            key = object()
-            async with limit:
-                async with session.get(url, trace_request_ctx=key) as response:
-                    out.append((time.perf_counter() - sent[id(key)]) * 1000)
-                    await response.read()
-
-        await asyncio.gather(*(one(u) for u in urls))
-    return out
-
-
 def one_run(kind: str, lines: list[Line], context: ssl.SSLContext, cap: int, profile: cProfile.Profile | None = None) -> dict[str, Any]:
     cpu, wall = time.process_time(), time.perf_counter()
     if kind == "bare aiohttp":
-        values = asyncio.run(bare_round([line.url + "/v1/models" for line in lines], context, cap))
+        values = asyncio.run(bare_round([line.url + "/v1/models" for line in lines], cap, context))
     else:
         settings = ProbeSettings(timeout=5, samples=1, concurrency=cap)
         if profile:

@@ -12,10 +12,24 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import ssl
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+# The real CLI in a child process that writes its own peak RSS (VmHWM, KiB) to $BENCH_HWM_FILE as it exits.
+MEASURED_CLI = r"""
+import atexit, os, sys
+def report():
+    with open("/proc/self/status") as status, open(os.environ["BENCH_HWM_FILE"], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(report)
+sys.argv[0] = "linepicker"
+from linepicker.cli import main
+main()
+"""
 PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
 
 if str(ROOT) not in sys.path:  # run from a checkout without the package installed
@@ -245,3 +259,33 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print("  " + "  ".join("-" * w for w in widths))
     for row in rows:
         print("  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)), flush=True)
+
+
+async def bare_round(urls: list[str], cap: int, context: "ssl.SSLContext | None" = None) -> list[float]:
+    """The reference every probe is held against: one GET per URL on a fresh connection (TLS with
+    `context`), at most `cap` at once, nothing else; request sent -> headers, in ms."""
+    import asyncio
+
+    import aiohttp
+
+    sent: dict[int, float] = {}
+
+    async def on_sent(session: object, ctx: object, params: object) -> None:
+        sent[id(ctx.trace_request_ctx)] = time.perf_counter()  # type: ignore[attr-defined]
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(on_sent)
+    limit = asyncio.Semaphore(cap)
+    connector = aiohttp.TCPConnector(force_close=True, limit=0, use_dns_cache=False, ssl=context if context is not None else True)
+    out: list[float] = []
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace], trust_env=False) as session:
+
+        async def one(url: str) -> None:
+            key = object()
+            async with limit:
+                async with session.get(url, trace_request_ctx=key) as response:
+                    out.append((time.perf_counter() - sent[id(key)]) * 1000)
+                    await response.read()
+
+        await asyncio.gather(*(one(u) for u in urls))
+    return out

@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))  # tests/servers.py: the loopback relay
 
+from common import MEASURED_CLI  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 HOUR = 1_700_000_000 // 3600 * 3600
 
 
@@ -369,18 +371,6 @@ def shell_quoting_row(work: Path) -> list[str]:
             f"{cell(cmd)} / {cell(powershell)} |"]
 
 
-MEASURED_CHILD = r"""
-import atexit, os, sys
-def report():
-    with open("/proc/self/status") as status, open(os.environ["BENCH_HWM_FILE"], "w") as out:
-        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
-atexit.register(report)
-sys.argv[0] = "linepicker"
-from linepicker.cli import main
-main()
-"""
-
-
 def cli_measured(*argv: str) -> tuple[int, float, float, str]:
     """The real CLI: exit code, seconds from spawn to exit, its own peak RSS in MiB (VmHWM), stderr."""
     import os
@@ -389,7 +379,7 @@ def cli_measured(*argv: str) -> tuple[int, float, float, str]:
 
     with tempfile.NamedTemporaryFile("r") as hwm:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", MEASURED_CHILD, *argv], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", MEASURED_CLI, *argv], capture_output=True, text=True,
                               env={**os.environ, "BENCH_HWM_FILE": hwm.name}, timeout=300)
         took = time.perf_counter() - started
         peak = int(hwm.read() or 0) / 1024
@@ -402,7 +392,7 @@ def bounds_rows(work: Path) -> list[str]:
 
     import yaml
 
-    from linepicker.config import Line, load_config
+    from linepicker.config import Line
     from linepicker.probe.phases import Phases
     from linepicker.probe.sample import Sample
     from linepicker.store import Store

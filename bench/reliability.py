@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import trustme  # noqa: E402
 import yaml  # noqa: E402
 from children import KILLED_WRITER  # noqa: E402
+from common import MEASURED_CLI  # noqa: E402
 
 import hardening_files  # noqa: E402  (bench/ is on sys.path when run as a script)
 import hardening_net  # noqa: E402
@@ -78,16 +79,6 @@ peak = kib("VmHWM")
 s = runs[0].samples[0]
 print(json.dumps({"outcome": s.outcome, "error": s.error, "s": elapsed, "peak_kib": peak, "grew_kib": max(0, peak - base)}))
 """
-CLI_CHILD = r"""
-import atexit, os, sys
-def report():
-    with open("/proc/self/status") as status, open(os.environ["BENCH_HWM_FILE"], "w") as out:
-        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
-atexit.register(report)
-sys.argv[0] = "linepicker"
-from linepicker.cli import main
-main()
-"""
 
 
 def probe_case(url: str, insecure: bool = False, env: dict[str, str] | None = None) -> dict:
@@ -102,7 +93,7 @@ def run_cli(argv: list[str]) -> tuple[int, float, float, str]:
     with tempfile.NamedTemporaryFile("r") as hwm:
         started = time.perf_counter()
         child = subprocess.run(
-            [PYTHON, "-c", CLI_CHILD, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "BENCH_HWM_FILE": hwm.name}
+            [PYTHON, "-c", MEASURED_CLI, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "BENCH_HWM_FILE": hwm.name}
         )
         took = time.perf_counter() - started
         peak = int(hwm.read() or 0) / 1024
